@@ -1,0 +1,398 @@
+"""Distillation driver: a frozen HuBERT teacher teaches a small student.
+
+The loop is written out in main(): teacher forward (no grad), student forward, regression loss
+on the predicted teacher layers (L1 + cosine, DistilHuBERT), optional discriminative loss (KL to
+the teacher's distribution over HuBERT's codewords, the paper's Sec. 3.2), backward, clip, step,
+log. Defaults are the authors' (AdamW 2e-4, 7% warmup, betas 0.9/0.98, eps 1e-6, weight decay
+1e-6, clip 5). Fbank students first train only their front-end for --frontend-steps (Sec. 3.3).
+Runs unchanged under `torchrun --nproc_per_node=N distill.py ...` (DistributedDataParallel).
+
+    python distill.py --teacher runs/teacher/teacher.pt --student tiny --data corpus/train \\
+        --out-dir runs/tiny --max-steps 20 --disc-weight 0.5
+"""
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import asdict
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+import data
+import losses
+import model
+
+# ----------------------------------------------------------------------------------------------
+# Arguments
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("data")
+    g.add_argument("--data", nargs="+", required=True,
+                   help="LibriSpeech-layout folders and/or fairseq .tsv manifests (transcripts not needed)")
+    g.add_argument("--batch-seconds", type=float, default=32.0,
+                   help="padded audio per batch and rank, seconds (the authors: 12 utterances ~ 150 s)")
+    g.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
+    g = p.add_argument_group("teacher")
+    g.add_argument("--teacher", required=True,
+                   help="fairseq .pt, Hugging Face folder, torchaudio:HUBERT_BASE, or a checkpoint of this project")
+    g = p.add_argument_group("student")
+    g.add_argument("--student", default="fithubert", choices=list(model.PRESETS), help="student preset")
+    g.add_argument("--layers", type=int, help="override the preset's transformer layers")
+    g.add_argument("--dim", type=int, help="override the preset's width")
+    g.add_argument("--ffn", type=int, help="override the preset's FFN inner width")
+    g.add_argument("--heads", type=int, help="override the preset's attention heads")
+    g.add_argument("--target-layers", type=str, default=None,
+                   help="teacher layers to predict, e.g. 4,8,12 (default: 3 evenly spaced for S&W "
+                        "presets, proportional layer-to-layer for D&T)")
+    g = p.add_argument_group("loss")
+    g.add_argument("--l1-weight", type=float, default=1.0, help="weight of the L1 regression term")
+    g.add_argument("--cos-weight", type=float, default=1.0, help="weight of the -log sigmoid(cos) term")
+    g.add_argument("--disc-weight", type=float, default=0.0,
+                   help="weight of the discriminative KL loss (0 = off; the paper tries 0.2-0.8)")
+    g.add_argument("--tau", type=float, default=1.0,
+                   help="temperature of the codeword distributions (authors' code 1.0; HuBERT's own 0.1)")
+    g.add_argument("--disc-head", default="linear", choices=["cos", "linear", "hard"],
+                   help="student discriminative head: cosine to the teacher's codewords, linear logits, "
+                        "or cross-entropy on the teacher's argmax unit")
+    g.add_argument("--frontend-steps", type=int, default=0,
+                   help="Fbank students: steps that train only the front-end (L1 to teacher layer 0)")
+    g = p.add_argument_group("optim")
+    g.add_argument("--max-steps", type=int, default=25_000, help="optimizer steps (authors: 25k)")
+    g.add_argument("--lr", type=float, default=2e-4, help="peak learning rate")
+    g.add_argument("--warmup", type=float, default=0.07, help="warmup, fraction of --max-steps")
+    g.add_argument("--betas", type=float, nargs=2, default=(0.9, 0.98), help="AdamW betas")
+    g.add_argument("--eps", type=float, default=1e-6, help="AdamW epsilon")
+    g.add_argument("--weight-decay", type=float, default=1e-6, help="AdamW weight decay")
+    g.add_argument("--clip", type=float, default=5.0, help="gradient norm clip")
+    g.add_argument("--grad-accum", type=int, default=1, help="batches per optimizer step")
+    g.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="student autocast precision; the teacher stays fp32 under fp16 (s3prl #378)")
+    g = p.add_argument_group("io")
+    g.add_argument("--out-dir", required=True, help="folder for checkpoint.pt, student.pt, log.jsonl, args.json")
+    g.add_argument("--resume", action=argparse.BooleanOptionalAction, default=False,
+                   help="continue exactly from OUT/checkpoint.pt")
+    g.add_argument("--log-every", type=int, default=10, help="steps between progress lines")
+    g.add_argument("--save-every", type=int, default=500, help="steps between checkpoints")
+    g.add_argument("--seed", type=int, default=0, help="random seed")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    args = p.parse_args(argv)
+    if args.target_layers:
+        args.target_layers = [int(x) for x in args.target_layers.split(",")]
+    return args
+
+
+# ----------------------------------------------------------------------------------------------
+# Shared training plumbing (finetune.py imports these)
+
+
+def setup(args):
+    """Device, distributed process group (under torchrun), seeds. Returns (device, rank, world)."""
+    rank, world = 0, 1
+    if args.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(args.device)
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        rank, world = dist.get_rank(), dist.get_world_size()
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(device)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    return device, rank, world
+
+
+def start_run(args, rank):
+    """Create OUT, print the arguments and save them to OUT/args.json (rank 0 only)."""
+    if rank == 0:
+        os.makedirs(args.out_dir, exist_ok=True)
+        print("arguments: " + " ".join(f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()), flush=True)
+        with open(os.path.join(args.out_dir, "args.json"), "w") as f:
+            json.dump(vars(args), f, indent=2)
+
+
+def lr_at(step, max_steps, peak, warmup):
+    """Linear warmup over `warmup` (fraction of max_steps) to `peak`, then linear decay to 0."""
+    w = max(1, int(warmup * max_steps))
+    if step < w:
+        return peak * (step + 1) / w
+    return peak * max(0.0, (max_steps - step) / max(1, max_steps - w))
+
+
+def batch_stream(loader, sampler, state):
+    """Endless batches; state {"epoch", "skip"} counts what was consumed, for exact resume."""
+    while True:
+        sampler.set_epoch(state["epoch"], skip=state["skip"])
+        for batch in loader:
+            state["skip"] += 1
+            yield batch
+        state["epoch"] += 1
+        state["skip"] = 0
+
+
+def rng_state():
+    """Every random generator a step touches, as tensors and plain values (weights_only-safe)."""
+    version, mt, gauss = random.getstate()
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": [version, list(mt), gauss],
+             "numpy": [torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    version, mt, gauss = state["python"]
+    random.setstate((version, tuple(mt), gauss))
+    keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def all_finite(value, device, world):
+    """True when the loss is finite on every rank (so all ranks stop together, torchaudio #3749)."""
+    bad = torch.tensor(0.0 if torch.isfinite(value).all() else 1.0, device=device)
+    if world > 1:
+        dist.all_reduce(bad)
+    return bad.item() == 0
+
+
+def format_duration(seconds):
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+class Logger:
+    """One fixed-format progress line and one JSON line in OUT/log.jsonl per call (rank 0)."""
+
+    def __init__(self, out_dir, max_steps, rank):
+        self.path = os.path.join(out_dir, "log.jsonl")
+        self.max_steps, self.rank = max_steps, rank
+        self.t0, self.audio = time.time(), 0.0
+
+    def add_audio(self, seconds):
+        self.audio += seconds
+
+    def log(self, step, steps_done, **values):
+        elapsed = time.time() - self.t0
+        ms = 1000 * elapsed / max(1, steps_done)
+        rec = {"step": step, **values, "ms_per_step": round(ms, 1),
+               "audio_s_per_s": round(self.audio / max(elapsed, 1e-9), 2)}
+        self.t0, self.audio = time.time(), 0.0
+        if self.rank != 0:
+            return rec
+        eta = format_duration(ms / 1000 * (self.max_steps - step))
+        parts = " ".join(f"{k} {v:.4g}" for k, v in values.items() if k != "lr")
+        print(f"step {step:>6}/{self.max_steps} | {parts} | lr {values.get('lr', 0):.2e} | "
+              f"{ms:.0f} ms/step | {rec['audio_s_per_s']:.1f} audio-s/s | ETA {eta}", flush=True)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        return rec
+
+
+def autocast(device, precision):
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+# ----------------------------------------------------------------------------------------------
+# The student with its distillation heads (one module, so DDP sees every trained parameter)
+
+
+class Distiller(nn.Module):
+    def __init__(self, student, heads, frontend_proj=None):
+        super().__init__()
+        self.student, self.heads, self.frontend_proj = student, heads, frontend_proj
+
+    def forward(self, waves, lengths, frontend_only=False):
+        """-> (pred [N, B, T, C] or front-end pred [B, T, C], disc logits [B, T, K] or None, frame_lengths [B])."""
+        if frontend_only:
+            x, frame_lengths = self.student.frontend(waves, lengths)
+            return self.frontend_proj(x), None, frame_lengths
+        hidden, frame_lengths = self.student(waves, lengths)
+        pred, disc_logits = self.heads(hidden)
+        return pred, disc_logits, frame_lengths
+
+
+def trim(x, T):
+    """Cut the time axis (dim -2) of x to T frames (Fbank and CNN frame counts differ by <= 1-2)."""
+    return x[..., :T, :]
+
+
+def distill_loss(args, teacher, distiller, waves, lengths, frontend_only):
+    """One batch: returns (total loss, dict of float parts)."""
+    teacher_ctx = autocast(waves.device, "bf16" if args.precision == "bf16" else "fp32")
+    with teacher_ctx:
+        t_hidden, t_lengths = teacher(waves, lengths)
+    with autocast(waves.device, args.precision):
+        pred, s_logits, s_lengths = distiller(waves, lengths, frontend_only)
+    T = min(pred.shape[-2], t_hidden[0].shape[1])
+    frame_lengths = torch.minimum(s_lengths, t_lengths).clamp(max=T)
+    mask = model.padding_mask(frame_lengths, T)
+    pred = trim(pred.float(), T)
+    if frontend_only:
+        loss = losses.frontend_loss(pred, trim(t_hidden[0].float(), T), mask)
+        return loss, {"frontend_l1": loss.item()}
+    target = torch.stack([trim(t_hidden[t].float(), T) for t in distiller_module(distiller).heads.teacher_layers])
+    loss, parts = losses.regression_loss(pred, target, mask, args.l1_weight, args.cos_weight)
+    parts = {k: float(v) for k, v in parts.items() if k in ("l1", "cos")}
+    if args.disc_weight > 0:
+        t_logits = trim(teacher.head.logits(t_hidden[-1].float(), args.tau), T)
+        s_logits = trim(s_logits.float(), T)
+        disc_fn = losses.hard_unit_loss if args.disc_head == "hard" else losses.discriminative_loss
+        disc = disc_fn(s_logits, t_logits, mask)
+        loss = loss + args.disc_weight * disc
+        parts["disc"] = disc.item()
+    return loss, parts
+
+
+def distiller_module(m):
+    return m.module if isinstance(m, nn.parallel.DistributedDataParallel) else m
+
+
+# ----------------------------------------------------------------------------------------------
+# Main
+
+
+def main(args):
+    device, rank, world = setup(args)
+    start_run(args, rank)
+    ckpt_path = os.path.join(args.out_dir, "checkpoint.pt")
+    resume = model.load_checkpoint(ckpt_path) if args.resume and os.path.exists(ckpt_path) else None
+    if args.resume and resume is None and rank == 0:
+        print(f"--resume: no {ckpt_path} yet, starting from scratch", flush=True)
+
+    utterances = data.load_corpus(args.data)
+    loader, sampler = data.make_loader(utterances, args.batch_seconds, shuffle=True, seed=args.seed,
+                                       rank=rank, world_size=world, num_workers=args.num_workers)
+    teacher = model.load_teacher(args.teacher).to(device)
+    if args.disc_weight > 0 and teacher.head is None:
+        sys.exit(f"error: --disc-weight needs the teacher's prediction head (final_proj + codewords); "
+                 f"{args.teacher} has none (Hugging Face and fine-tuned checkpoints drop it)")
+
+    if resume:
+        student = model.encoder_from_checkpoint(resume, ckpt_path)
+    else:
+        student = model.build_student(args.student, teacher, layers=args.layers, dim=args.dim,
+                                      ffn=args.ffn, heads=args.heads)
+    tcfg = teacher.config
+    pairs = model.distill_pairs(model.PRESETS[args.student].style, student.config.layers,
+                                tcfg.layers, args.target_layers)
+    codewords = teacher.head.codewords.detach() if teacher.head is not None else None
+    heads = losses.DistillHeads(student.config.dim, tcfg.dim, pairs,
+                                args.disc_head if args.disc_weight > 0 else None, codewords, args.tau)
+    is_fbank = student.config.frontend == "fbank"
+    frontend_proj = nn.Linear(student.config.dim, tcfg.dim) if is_fbank else None
+    distiller = Distiller(student, heads, frontend_proj).to(device)
+    if is_fbank and resume is None:
+        set_cmvn(student, utterances, rank)
+    if resume:
+        distiller.load_state_dict(resume["distiller"])
+    n_student = model.count_parameters(student) / 1e6
+    n_heads = model.count_parameters(distiller) / 1e6 - n_student
+    if rank == 0:
+        print(f"teacher {args.teacher}: {tcfg.layers}x{tcfg.dim}, {model.count_parameters(teacher) / 1e6:.2f}M | "
+              f"student {args.student}: {student.config.layers}x{student.config.dim}, {n_student:.2f}M "
+              f"(+{n_heads:.2f}M heads) | pairs (student, teacher) {pairs} | {len(utterances)} utterances, "
+              f"{len(sampler)} batches/epoch/rank | device {device} x{world}", flush=True)
+    if world > 1:
+        distiller = nn.parallel.DistributedDataParallel(
+            distiller, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=args.frontend_steps > 0)
+
+    optimizer = torch.optim.AdamW(distiller.parameters(), lr=args.lr, betas=tuple(args.betas),
+                                  eps=args.eps, weight_decay=args.weight_decay)
+    scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
+    step, data_state = 0, {"epoch": 0, "skip": 0}
+    if resume:
+        optimizer.load_state_dict(resume["optimizer"])
+        scaler.load_state_dict(resume["scaler"])
+        step, data_state = resume["step"], dict(resume["data_state"])
+        set_rng_state(resume["rng"])
+        if rank == 0:
+            print(f"resumed from {ckpt_path} at step {step}", flush=True)
+
+    def save(path, final=False):
+        if rank != 0:
+            return
+        d = distiller_module(distiller)
+        student_ckpt = model.encoder_checkpoint(d.student, "student", preset=args.student,
+                                                heads=d.heads.state_dict(), heads_config=d.heads.config(),
+                                                step=step, args=vars(args))
+        if final:
+            model.save_checkpoint(student_ckpt, path)
+            return
+        model.save_checkpoint({**student_ckpt, "distiller": d.state_dict(), "optimizer": optimizer.state_dict(),
+                               "scaler": scaler.state_dict(), "data_state": dict(data_state),
+                               "rng": rng_state()}, path)
+
+    batches = batch_stream(loader, sampler, data_state)
+    logger = Logger(args.out_dir, args.max_steps, rank)
+    distiller.train()
+    last_log = step
+    while step < args.max_steps:
+        frontend_only = step < args.frontend_steps
+        lr = lr_at(step, args.max_steps, args.lr, args.warmup)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        parts_sum = {}
+        for _ in range(args.grad_accum):
+            batch = next(batches)
+            waves, lengths = batch["waves"].to(device), batch["lengths"].to(device)
+            loss, parts = distill_loss(args, teacher, distiller, waves, lengths, frontend_only)
+            if not all_finite(loss.detach(), device, world):
+                msg = (f"error: non-finite loss ({loss.item()}) at step {step + 1}; stopping. The last good "
+                       f"checkpoint is {ckpt_path}; try a lower --lr or --precision fp32")
+                if world > 1:
+                    dist.destroy_process_group()
+                sys.exit(msg)
+            scaler.scale(loss / args.grad_accum).backward()
+            for k, v in parts.items():
+                parts_sum[k] = parts_sum.get(k, 0.0) + v / args.grad_accum
+            parts_sum["loss"] = parts_sum.get("loss", 0.0) + loss.item() / args.grad_accum
+            logger.add_audio(lengths.sum().item() / data.SAMPLE_RATE * world)
+        scaler.unscale_(optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(distiller.parameters(), args.clip)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        if step % args.log_every == 0 or step == args.max_steps:
+            stage = {"stage": 1.0} if frontend_only else {}
+            logger.log(step, step - last_log, **{"loss": parts_sum.pop("loss"), **parts_sum, **stage,
+                                                 "grad_norm": float(grad_norm), "lr": lr})
+            last_log = step
+        if step % args.save_every == 0 or step == args.max_steps:
+            save(ckpt_path)
+    save(os.path.join(args.out_dir, "student.pt"), final=True)
+    if rank == 0:
+        print(f"done: {os.path.join(args.out_dir, 'student.pt')} (student for finetune.py --init)", flush=True)
+    if world > 1:
+        dist.destroy_process_group()
+
+
+def set_cmvn(student, utterances, rank, max_utts=200):
+    """Global CMVN of the Fbank front-end from (a sample of) the training audio, stored in the model."""
+    import fbank_frontend
+    sample = utterances[:: max(1, len(utterances) // max_utts)][:max_utts]
+    mean, std = fbank_frontend.compute_cmvn(data.load_audio(u.path) for u in sample)
+    student.feature_extractor.set_cmvn(mean, std)
+    if rank == 0:
+        print(f"fbank CMVN from {len(sample)} utterances", flush=True)
+
+
+if __name__ == "__main__":
+    main(parse_args())

@@ -1,0 +1,286 @@
+"""Fbank front-end: batched Kaldi log-mel filterbank, global CMVN, SpecAugment, Conv1d subsampler.
+
+The paper (arXiv 2210.15631, Sec. 3.3) replaces the student's waveform CNN (4.2M parameters,
+most of the inference time) by 80-dim log-mel filterbanks and a small convolutional
+subsampler. This file computes the filterbank on the input's device for a whole padded batch
+at once (no per-utterance loop), with Kaldi's conventions so that it equals
+`torchaudio.compliance.kaldi.fbank(wave * 32768, num_mel_bins=80, dither=0.0)` frame for frame:
+
+    wave * 2^15 -> 25 ms frames every 10 ms (snip_edges) -> remove DC -> pre-emphasis 0.97
+    -> povey window -> |rfft 512|^2 -> 80 triangular mel bins (20 Hz .. 8 kHz) -> log
+
+then normalises with global mean/std statistics of the training data (stored as buffers, so
+they travel in the checkpoint), optionally applies SpecAugment, and subsamples to HuBERT's
+20 ms frame rate:
+
+    fbank (B, T10, 80) -> Conv1d(80 -> 2D, kernel 5, stride 2, padding 2) -> GLU -> D
+    -> Linear(D, D) -> dropout 0.1 -> (B, T20, D)
+
+With padding 2 the 20 ms frame k is centred on sample 320 k + 200, exactly like the CNN's
+frame k, and for every length S >= 400 it yields floor((S - 400) / 320) + 1 frames, the CNN's
+count. `align_frames` still trims two sequences to a common length for safety.
+
+    python fbank_frontend.py stats --data data/toy/train --out cmvn.pt
+"""
+import argparse
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# ----------------------------------------------------------------------------------------------
+# Constants (Kaldi defaults at 16 kHz; the paper's Sec. 3.3 settings)
+
+SAMPLE_RATE = 16_000      # Hz
+WAVE_SCALE = 32768.0      # 2^15: Kaldi reads 16-bit integer samples, we get floats in [-1, 1]
+WIN_LENGTH = 400          # samples, 25 ms
+HOP_LENGTH = 160          # samples, 10 ms
+N_FFT = 512               # samples: the window zero-padded to the next power of two
+PREEMPHASIS = 0.97        # x[t] - 0.97 x[t-1] inside each frame
+LOW_FREQ = 20.0           # Hz, lowest mel bin edge (Kaldi --low-freq)
+HIGH_FREQ = SAMPLE_RATE / 2  # Hz, highest mel bin edge (Kaldi --high-freq 0 = Nyquist)
+N_MELS = 80               # mel bins
+LOG_FLOOR = torch.finfo(torch.float32).eps  # Kaldi floors energies at float epsilon before log
+SUB_KERNEL, SUB_STRIDE = 5, 2  # subsampler Conv1d: 10 ms frames -> 20 ms frames
+CNN_WIN, CNN_HOP = 400, 320    # HuBERT's waveform CNN: receptive field and hop, samples
+FREQ_MASKS, FREQ_MASK_WIDTH = 2, 30  # SpecAugment: masks and max width in mel bins (paper)
+TIME_MASKS, TIME_MASK_WIDTH = 2, 40  # SpecAugment: masks and max width in 10 ms frames (paper)
+
+
+def num_fbank_frames(lengths):
+    """Samples -> 10 ms frames with snip_edges: 1 + (S - 400) // 160, and 0 below 400 samples."""
+    return torch.where(lengths >= WIN_LENGTH, 1 + (lengths - WIN_LENGTH).clamp(min=0) // HOP_LENGTH,
+                       torch.zeros_like(lengths))
+
+
+def num_subsampled_frames(fbank_frames):
+    """10 ms frames -> 20 ms frames of the subsampler (kernel 5, stride 2, padding 2): ceil(n / 2)."""
+    return (fbank_frames + 1) // 2
+
+
+def num_cnn_frames(lengths):
+    """Samples -> frames of HuBERT's waveform CNN: floor((S - 400) / 320) + 1 (torchaudio's formula)."""
+    return torch.div(lengths - CNN_WIN, CNN_HOP, rounding_mode="floor") + 1
+
+
+# ----------------------------------------------------------------------------------------------
+# Kaldi filterbank, batched
+
+
+def mel_scale(freq):
+    """Hz -> mel, Kaldi's (HTK) formula."""
+    return 1127.0 * torch.log1p(freq / 700.0)
+
+
+def kaldi_mel_banks(n_mels=N_MELS, n_fft=N_FFT, sample_rate=SAMPLE_RATE, low=LOW_FREQ, high=HIGH_FREQ):
+    """Triangular filters equally spaced on the mel scale, [n_mels, n_fft // 2 + 1].
+
+    Kaldi's MelBanks: n_mels + 2 equally spaced mel points; filter i rises from point i to
+    point i + 1 and falls to point i + 2, evaluated at each FFT bin's mel frequency. The
+    Nyquist bin gets weight 0 (Kaldi ignores it). Same values as
+    torchaudio.compliance.kaldi.get_mel_banks (tested).
+    """
+    mel_low, mel_high = mel_scale(torch.tensor(low, dtype=torch.float64)), \
+        mel_scale(torch.tensor(high, dtype=torch.float64))
+    points = mel_low + (mel_high - mel_low) / (n_mels + 1) * torch.arange(n_mels + 2, dtype=torch.float64)
+    left, centre, right = points[:-2, None], points[1:-1, None], points[2:, None]  # (n_mels, 1)
+    bin_mel = mel_scale(torch.arange(n_fft // 2, dtype=torch.float64) * sample_rate / n_fft)[None, :]
+    up = (bin_mel - left) / (centre - left)
+    down = (right - bin_mel) / (right - centre)
+    banks = torch.minimum(up, down).clamp(min=0.0)               # (n_mels, n_fft // 2)
+    return F.pad(banks, (0, 1)).float()                          # + Nyquist bin with weight 0
+
+
+def povey_window(length=WIN_LENGTH):
+    """Kaldi's default window: a symmetric Hann window to the power 0.85 (zero at both ends)."""
+    return torch.hann_window(length, periodic=False, dtype=torch.float64).pow(0.85).float()
+
+
+def kaldi_fbank(waves, lengths=None, mel_banks=None, window=None):
+    """Log-mel filterbank of a padded batch: (waves [B, S] in [-1, 1], lengths [B]) ->
+    (fbank [B, T, n_mels], frames [B]); padded frames hold zeros.
+
+    Frame t of an utterance only reads samples [160 t, 160 t + 400) of that utterance and
+    only frames that fit entirely inside its real samples are counted (snip_edges), so
+    padding a batch never changes a real frame.
+    """
+    B, S = waves.shape
+    if lengths is None:
+        lengths = torch.full((B,), S, dtype=torch.long, device=waves.device)
+    frames = num_fbank_frames(lengths.to(waves.device))
+    if mel_banks is None:
+        mel_banks = kaldi_mel_banks().to(waves.device)
+    if window is None:
+        window = povey_window().to(waves.device)
+    if S < WIN_LENGTH:
+        return waves.new_zeros(B, 0, mel_banks.shape[0]), frames
+    # Logs of tiny energies must not go through fp16/bf16 autocast: compute in fp32 always.
+    with torch.autocast(device_type=waves.device.type, enabled=False):
+        x = waves.float() * WAVE_SCALE
+        x = x.unfold(1, WIN_LENGTH, HOP_LENGTH)                     # (B, T, 400), a view
+        x = x - x.mean(dim=-1, keepdim=True)                         # remove DC offset per frame
+        # Pre-emphasis inside each frame; the first sample is its own predecessor (Kaldi).
+        prev = torch.cat([x[..., :1], x[..., :-1]], dim=-1)
+        x = (x - PREEMPHASIS * prev) * window
+        power = torch.fft.rfft(x, n=N_FFT).abs().pow(2)              # (B, T, 257)
+        fbank = (power @ mel_banks.t()).clamp(min=LOG_FLOOR).log()   # (B, T, n_mels)
+    pad = torch.arange(fbank.shape[1], device=waves.device)[None, :] >= frames[:, None]
+    return fbank.masked_fill(pad[..., None], 0.0), frames
+
+
+# ----------------------------------------------------------------------------------------------
+# Global CMVN statistics
+
+
+def compute_cmvn(items, n_mels=N_MELS):
+    """Global mean and std [n_mels] of the log-mel features over all real frames.
+
+    items: an iterable of waveforms (1-D tensors or arrays at 16 kHz) or of data.Utterance
+    (anything with a `.path`, loaded with data.load_audio). Sums are kept in float64 so that
+    hundreds of hours of frames do not lose precision.
+    """
+    banks, window = kaldi_mel_banks(n_mels=n_mels), povey_window()
+    total = torch.zeros(n_mels, dtype=torch.float64)
+    total_sq = torch.zeros(n_mels, dtype=torch.float64)
+    count = 0
+    for item in items:
+        if hasattr(item, "path"):
+            from data import load_audio
+            item = load_audio(item.path)
+        wave = torch.as_tensor(item, dtype=torch.float32).reshape(1, -1)
+        fb, frames = kaldi_fbank(wave, mel_banks=banks, window=window)
+        fb = fb[0, : int(frames[0])].double()
+        total += fb.sum(0)
+        total_sq += (fb ** 2).sum(0)
+        count += fb.shape[0]
+    if count == 0:
+        raise ValueError("compute_cmvn: no frames (every utterance is shorter than 25 ms, or none given)")
+    mean = total / count
+    std = (total_sq / count - mean ** 2).clamp(min=0.0).sqrt()
+    return mean.float(), std.float()
+
+
+# ----------------------------------------------------------------------------------------------
+# SpecAugment
+
+
+def spec_augment(x, frames, generator=None):
+    """Zero 2 frequency bands (width <= 30 bins) and 2 time spans (width <= 40 frames) per
+    utterance, inside its real frames; x [B, T, n_mels] (already normalised: 0 = the mean)."""
+    B, T, C = x.shape
+    dev = x.device
+
+    def band_mask(count, max_width, size, limit):  # (B, size) True inside any of `count` bands
+        width = torch.randint(0, max_width + 1, (B, count), generator=generator).to(dev)
+        room = (limit[:, None] - width).clamp(min=0)                       # (B, count)
+        start = (torch.rand(B, count, generator=generator).to(dev) * (room + 1)).long()
+        pos = torch.arange(size, device=dev)[None, None, :]
+        return ((pos >= start[..., None]) & (pos < (start + width)[..., None])).any(1)
+
+    freq = band_mask(FREQ_MASKS, FREQ_MASK_WIDTH, C, torch.full((B,), C, device=dev))
+    time = band_mask(TIME_MASKS, TIME_MASK_WIDTH, T, frames.to(dev))
+    return x.masked_fill(freq[:, None, :] | time[:, :, None], 0.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# The front-end module
+
+
+class FbankFrontend(nn.Module):
+    """Fbank + CMVN (+ SpecAugment) + Conv1d/GLU subsampler + Linear: a drop-in replacement for
+    torchaudio's FeatureExtractor *and* the feature projection (the Encoder sets that to
+    Identity). Parameters: 80*2D*5 + 2D + D*D + D (615,840 for D=480)."""
+
+    def __init__(self, dim, n_mels=N_MELS, specaugment=False, dropout=0.1):
+        super().__init__()
+        self.n_mels = n_mels
+        self.specaugment = specaugment
+        self.conv = nn.Conv1d(n_mels, 2 * dim, SUB_KERNEL, stride=SUB_STRIDE, padding=SUB_KERNEL // 2)
+        self.proj = nn.Linear(dim, dim)
+        self.dropout = nn.Dropout(dropout)
+        # Buffers, not parameters: they go into state_dict (the checkpoint) but never train.
+        self.register_buffer("cmvn_mean", torch.zeros(n_mels))
+        self.register_buffer("cmvn_std", torch.ones(n_mels))
+        self.register_buffer("mel_banks", kaldi_mel_banks(n_mels=n_mels), persistent=False)
+        self.register_buffer("window", povey_window(), persistent=False)
+
+    def set_cmvn(self, mean, std):
+        """Store global statistics (from compute_cmvn or a `stats` file); std floored at 1e-5."""
+        self.cmvn_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        self.cmvn_std.copy_(torch.as_tensor(std, dtype=torch.float32).clamp(min=1e-5))
+
+    def features(self, waves, lengths=None):
+        """(waves [B, S], lengths [B]) -> normalised fbank [B, T10, n_mels] (padding 0), frames [B]."""
+        fb, frames = kaldi_fbank(waves, lengths, self.mel_banks, self.window)
+        fb = (fb - self.cmvn_mean) / self.cmvn_std
+        if self.specaugment and self.training:
+            fb = spec_augment(fb, frames)
+        # Zero padded frames *after* CMVN: the conv's right edge then sees the same zeros in a
+        # padded batch as a single utterance sees from the conv's own zero padding.
+        pad = torch.arange(fb.shape[1], device=fb.device)[None, :] >= frames[:, None]
+        return fb.masked_fill(pad[..., None], 0.0), frames
+
+    def forward(self, waves, lengths=None):
+        """(waves [B, S], lengths [B] or None) -> (features [B, T, D], frame_lengths [B]); 20 ms frames."""
+        fb, frames = self.features(waves, lengths)
+        x = F.glu(self.conv(fb.transpose(1, 2)), dim=1)            # (B, D, T20)
+        x = self.dropout(self.proj(x.transpose(1, 2)))             # (B, T20, D)
+        out_frames = num_subsampled_frames(frames)
+        pad = torch.arange(x.shape[1], device=x.device)[None, :] >= out_frames[:, None]
+        return x.masked_fill(pad[..., None], 0.0), out_frames
+
+
+def align_frames(a, b, a_lengths, b_lengths):
+    """Trim two frame sequences (e.g. student Fbank features and teacher CNN features, both at
+    20 ms) to the shorter T and the per-utterance minimum length. Both start at sample 0 with
+    the same hop, so trimming at the end never shifts a frame centre.
+
+    a [B, Ta, ...], b [B, Tb, ...] -> (a [B, T, ...], b [B, T, ...], lengths [B])."""
+    T = min(a.shape[1], b.shape[1])
+    return a[:, :T], b[:, :T], torch.minimum(a_lengths, b_lengths).clamp(max=T)
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line: `stats` computes the global CMVN statistics of a corpus
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("stats", help="global CMVN mean/std of the fbank features of a corpus",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = s.add_argument_group("data")
+    g.add_argument("--data", nargs="+", required=True,
+                   help="LibriSpeech-layout folders or fairseq .tsv manifests (16 kHz audio)")
+    g.add_argument("--max-utts", type=int, default=None,
+                   help="use at most the first N utterances of the corpus (None: all)")
+    g.add_argument("--n-mels", type=int, default=N_MELS, help="mel bins")
+    g = s.add_argument_group("io")
+    g.add_argument("--out", required=True,
+                   help="output file: torch.save of {'mean': [n_mels], 'std': [n_mels], 'utterances': int}")
+    return p.parse_args(argv)
+
+
+def load_cmvn(path):
+    """(mean, std) from a file written by `python fbank_frontend.py stats`."""
+    stats = torch.load(path, map_location="cpu", weights_only=True)
+    return stats["mean"], stats["std"]
+
+
+def main(args):
+    if args.command == "stats":
+        from data import load_corpus
+        utts = load_corpus(args.data)
+        if args.max_utts is not None:
+            utts = utts[: args.max_utts]
+        mean, std = compute_cmvn(utts, n_mels=args.n_mels)
+        torch.save({"mean": mean, "std": std, "utterances": len(utts)}, args.out)
+        torch.set_printoptions(precision=3, linewidth=120)
+        print(f"{len(utts)} utterances -> {args.out}")
+        print(f"mean {mean}")
+        print(f"std  {std}")
+
+
+if __name__ == "__main__":
+    main(parse_args())

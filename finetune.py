@@ -1,0 +1,511 @@
+"""CTC fine-tuning, evaluation (WER), transcription and export to transformers.
+
+A distilled student (or any teacher) gets a linear CTC head over the character vocabulary of
+data.py (fairseq's letter set, `|` between words) and is fine-tuned on transcribed audio with
+fairseq's HuBERT recipe (examples/hubert/config/finetune/base_10h.yaml), scaled by flags: the
+CNN / Fbank front-end always frozen, the encoder frozen for the first --freeze-steps updates,
+tri-stage learning rate, time and channel masking of the transformer input, layerdrop. Dev WER
+(jiwer) is measured every --eval-every steps and the best checkpoint kept. Decoding is greedy,
+or a beam search with a KenLM language model through torchaudio's CTC decoder.
+
+    python finetune.py --init runs/tiny/student.pt --train corpus/train --valid corpus/dev \\
+        --out-dir runs/tiny-ctc --max-steps 200 --freeze-steps 50 --lr 5e-4
+    python finetune.py --eval runs/tiny-ctc/best.pt --data corpus/test      # prints WER x.xx
+    python finetune.py --transcribe runs/tiny-ctc/best.pt a.flac b.wav     # FILE<TAB>TRANSCRIPT
+    python finetune.py --export-hf runs/tiny-ctc/best.pt hf-tiny           # transformers folder
+"""
+import argparse
+import hashlib
+import json
+import math
+import os
+import re
+import sys
+from dataclasses import asdict, replace
+
+import jiwer
+import torch
+from tqdm import tqdm
+
+import data
+import model
+from distill import Logger, all_finite, autocast, batch_stream, rng_state, set_rng_state, setup, start_run
+
+# ----------------------------------------------------------------------------------------------
+# Arguments
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("mode (default: fine-tune)")
+    g.add_argument("--eval", metavar="CKPT", help="print the WER of a fine-tuned checkpoint on each --data set")
+    g.add_argument("--transcribe", nargs="+", metavar=("CKPT", "FILE"),
+                   help="print FILE<TAB>TRANSCRIPT for each audio file (any sample rate, any channels)")
+    g.add_argument("--export-hf", nargs=2, metavar=("CKPT", "DIR"),
+                   help="write a transformers HubertForCTC folder (CNN front-end models only)")
+    g = p.add_argument_group("data")
+    g.add_argument("--train", nargs="+", help="transcribed LibriSpeech-layout folders / fairseq manifests")
+    g.add_argument("--valid", nargs="+", help="held-out sets for periodic WER (best checkpoint kept)")
+    g.add_argument("--data", nargs="+", help="sets to evaluate with --eval")
+    g.add_argument("--max-train-hours", type=float,
+                   help="train on a fixed subset of this many hours (Libri-light style 10 h / 1 h); see train_subset()")
+    g.add_argument("--subset-seed", type=int, default=0, help="which subset --max-train-hours picks")
+    g.add_argument("--batch-seconds", type=float, default=32.0,
+                   help="padded audio per batch, seconds (fairseq: max_tokens 3.2M samples = 200 s)")
+    g.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
+    g = p.add_argument_group("model (fairseq base_10h values)")
+    g.add_argument("--init", help="student.pt from distill.py, or any teacher source (fine-tune HuBERT itself)")
+    g.add_argument("--final-dropout", type=float, default=0.0, help="dropout before the CTC head")
+    g.add_argument("--dropout", type=float, default=0.0, help="encoder dropout (projection, attention and FFN outputs)")
+    g.add_argument("--attention-dropout", type=float, default=0.0, help="dropout on attention weights")
+    g.add_argument("--activation-dropout", type=float, default=0.1, help="dropout inside the FFN")
+    g.add_argument("--layerdrop", type=float, default=0.1, help="probability of skipping a transformer layer")
+    g.add_argument("--mask-prob", type=float, default=0.75,
+                   help="share of frames starting a masked span (HuBERT 10 h: 0.75; wav2vec 2.0 100 h: 0.65)")
+    g.add_argument("--mask-length", type=int, default=10, help="masked span, frames of 20 ms")
+    g.add_argument("--mask-channel-prob", type=float, default=0.5, help="share of channels starting a zeroed span")
+    g.add_argument("--mask-channel-length", type=int, default=64, help="zeroed channel span, channels")
+    g = p.add_argument_group("optim (fairseq base_10h values)")
+    g.add_argument("--max-steps", type=int, default=25_000, help="optimizer steps")
+    g.add_argument("--lr", type=float, default=2e-5, help="peak learning rate")
+    g.add_argument("--stages", default="0.1,0.4,0.5",
+                   help="tri-stage warm-up,hold,decay shares of --max-steps (fairseq's phase_ratio)")
+    g.add_argument("--freeze-steps", type=int, default=10_000,
+                   help="first steps in which only the CTC head trains (the front-end never trains)")
+    g.add_argument("--betas", type=float, nargs=2, default=(0.9, 0.98), help="Adam betas")
+    g.add_argument("--eps", type=float, default=1e-8, help="Adam epsilon")
+    g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
+    g.add_argument("--clip", type=float, default=0.0, help="gradient norm clip (0 = off, as fairseq)")
+    g.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="autocast precision")
+    g = p.add_argument_group("decoding (greedy unless --lm or --lexicon; beam search needs flashlight-text)")
+    g.add_argument("--lm", help="KenLM language model (.bin or .arpa) for beam search")
+    g.add_argument("--lexicon", help="lexicon file: WORD then its letters, each word ending in |")
+    g.add_argument("--beam", type=int, default=50, help="beam size, hypotheses")
+    g.add_argument("--lm-weight", type=float, default=2.0, help="language model weight (fairseq ls_4gram.yaml)")
+    g.add_argument("--word-score", type=float, default=-1.0, help="word insertion score (fairseq ls_4gram.yaml)")
+    g = p.add_argument_group("io")
+    g.add_argument("--out-dir", help="folder for checkpoint.pt, best.pt, last.pt, log.jsonl")
+    g.add_argument("--resume", action=argparse.BooleanOptionalAction, default=False,
+                   help="continue exactly from OUT/checkpoint.pt")
+    g.add_argument("--log-every", type=int, default=10, help="steps between progress lines")
+    g.add_argument("--eval-every", type=int, default=1000, help="steps between dev WER evaluations and checkpoints")
+    g.add_argument("--seed", type=int, default=0, help="random seed")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    args = p.parse_args(argv)
+    if not (args.eval or args.transcribe or args.export_hf):
+        missing = [f for f in ("init", "train", "out_dir") if not getattr(args, f)]
+        if missing:
+            p.error("fine-tuning needs " + ", ".join("--" + m.replace("_", "-") for m in missing))
+    if args.eval and not args.data:
+        p.error("--eval needs --data")
+    if args.transcribe and len(args.transcribe) < 2:
+        p.error("--transcribe needs a checkpoint and at least one audio file")
+    try:
+        args.stages = [float(x) for x in args.stages.split(",")]
+    except ValueError:
+        args.stages = []
+    if len(args.stages) != 3 or abs(sum(args.stages) - 1) > 1e-6 or min(args.stages) < 0:
+        p.error("--stages takes three non-negative shares that add up to 1, e.g. 0.1,0.4,0.5")
+    return args
+
+
+# ----------------------------------------------------------------------------------------------
+# Learning rate and training subsets
+
+
+def tri_stage_lr(step, max_steps, peak, stages=(0.1, 0.4, 0.5), init_scale=0.01, final_scale=0.05):
+    """fairseq's tri_stage schedule: linear warm-up from init_scale * peak to peak, hold, then
+    exponential decay to final_scale * peak, constant after (init 0.01 and final 0.05 as in the
+    fairseq fine-tuning configs). stages: shares of max_steps (fairseq's phase_ratio).
+
+    >>> [round(tri_stage_lr(s, 100, 1.0), 4) for s in (0, 10, 50, 75, 100)]
+    [0.01, 1.0, 1.0, 0.2236, 0.05]
+    """
+    warmup, hold, decay = (int(share * max_steps) for share in stages)
+    if step < warmup:
+        return peak * (init_scale + (1 - init_scale) * step / warmup)
+    if step < warmup + hold:
+        return peak
+    if step < warmup + hold + decay:
+        return peak * final_scale ** ((step - warmup - hold) / decay)
+    return peak * final_scale
+
+
+def train_subset(utterances, hours, seed=0):
+    """A fixed low-resource subset of at most `hours` hours (like Libri-light's 10 h / 1 h).
+
+    Utterances are ranked by sha1(f"{seed}/{id}"), a pseudo-random order that depends only on
+    the ids (not on file order, machine or Python version), and taken in that order until the
+    next one would pass the budget. So re-runs pick the same subset, a smaller subset is part of
+    every larger one (1 h inside 10 h), and adding audio to the corpus keeps the order of the old.
+    Unlike Libri-light, speakers are not balanced.
+    """
+    rank = sorted(utterances, key=lambda u: hashlib.sha1(f"{seed}/{u.id}".encode()).hexdigest())
+    budget, total, chosen = hours * 3600 * data.SAMPLE_RATE, 0, []
+    for u in rank:
+        if total + u.num_samples > budget:
+            break
+        chosen.append(u)
+        total += u.num_samples
+    if not chosen:
+        raise ValueError(f"--max-train-hours {hours}: less than the first utterance picked "
+                         f"({rank[0].num_samples / data.SAMPLE_RATE:.1f} s)")
+    return sorted(chosen, key=lambda u: u.id)
+
+
+# ----------------------------------------------------------------------------------------------
+# Building, saving and loading CTC models
+
+
+def encoder_for_init(src):
+    """The encoder to fine-tune from any load_teacher source: a distilled student, a teacher or CTC
+    checkpoint of this project, a fairseq .pt, a Hugging Face folder, torchaudio:HUBERT_BASE."""
+    return model.load_teacher(src).encoder
+
+
+def with_regularisation(encoder, args):
+    """The same weights in an encoder rebuilt with the fine-tuning dropouts and layerdrop
+    (fairseq's hubert_ctc overrides the pre-training values the same way)."""
+    config = replace(encoder.config, dropout=args.dropout, attention_dropout=args.attention_dropout,
+                     activation_dropout=args.activation_dropout, layerdrop=args.layerdrop)
+    rebuilt = model.Encoder(config)
+    rebuilt.load_state_dict(encoder.state_dict())
+    return rebuilt
+
+
+def set_trainable(ctc, train_encoder):
+    """fairseq's recipe: the front-end never trains (feature_grad_mult 0); the encoder and the mask
+    embedding only from --freeze-steps on (freeze_finetune_updates); the CTC head always."""
+    ctc.requires_grad_(True)
+    ctc.encoder.requires_grad_(train_encoder)
+    ctc.mask_embedding.requires_grad_(train_encoder)
+    ctc.encoder.feature_extractor.requires_grad_(False)
+
+
+def ctc_checkpoint(ctc, **extra):
+    head = {k: v for k, v in ctc.state_dict().items() if not k.startswith("encoder.")}  # proj, mask_embedding
+    return model.encoder_checkpoint(ctc.encoder, "ctc", ctc_config=asdict(ctc.config), ctc_head=head, **extra)
+
+
+def ctc_from_checkpoint(ckpt, path):
+    if ckpt.get("kind") != "ctc":
+        raise ValueError(f"{path}: not a fine-tuned CTC checkpoint (kind {ckpt.get('kind')!r}); "
+                         f"fine-tune it first with finetune.py --init {path} ...")
+    ctc = model.CTCModel(model.encoder_from_checkpoint(ckpt, path), model.CTCConfig(**ckpt["ctc_config"]))
+    ctc.load_state_dict({**{"encoder." + k: v for k, v in ckpt["encoder"].items()}, **ckpt["ctc_head"]})
+    return ctc
+
+
+def load_ctc(path):
+    return ctc_from_checkpoint(model.load_checkpoint(path), path).eval()
+
+
+# ----------------------------------------------------------------------------------------------
+# Decoding and evaluation
+
+
+def greedy_decode(log_probs, frame_lengths):
+    """Best path: argmax per frame, merge repeats, drop blanks. [B, T, V] -> list of strings."""
+    best = log_probs.argmax(-1).cpu()
+    texts = []
+    for ids, n in zip(best, frame_lengths.tolist()):
+        ids = torch.unique_consecutive(ids[:n])
+        texts.append(data.decode([i for i in ids.tolist() if i != data.BLANK]))
+    return texts
+
+
+def make_decoder(args):
+    """(decode(log_probs [B, T, V], frame_lengths [B]) -> list of str, description of the decoding)."""
+    if not (args.lm or args.lexicon):
+        return greedy_decode, "greedy decoding"
+    for path in (args.lm, args.lexicon):
+        if path and not os.path.isfile(path):
+            sys.exit(f"error: {path}: no such file")
+    try:  # torchaudio imports flashlight-text on first use of the decoder module
+        from torchaudio.models.decoder import ctc_decoder
+    except (ImportError, RuntimeError):
+        sys.exit("error: --lm / --lexicon need flashlight-text for torchaudio's CTC beam search: "
+                 "pip install flashlight-text (or drop them for greedy decoding)")
+    beam = ctc_decoder(lexicon=args.lexicon, tokens=data.VOCAB, lm=args.lm, beam_size=args.beam,
+                       lm_weight=args.lm_weight, word_score=args.word_score,
+                       blank_token=data.VOCAB[data.BLANK], sil_token=data.WORD_SEP, unk_word="<unk>")
+
+    def decode(log_probs, frame_lengths):
+        hyps = beam(log_probs.float().cpu(), frame_lengths.cpu().int())
+        # With a lexicon the decoder spells out words; without, its tokens carry the "|"s.
+        return [" ".join(h[0].words) if args.lexicon else data.decode(h[0].tokens) for h in hyps]
+
+    return decode, (f"beam search: beam {args.beam}, LM {args.lm or 'none'}, lexicon "
+                    f"{args.lexicon or 'none'}, LM weight {args.lm_weight}, word score {args.word_score}")
+
+
+def normalize_for_wer(text):
+    """Upper case, no punctuation (the apostrophe is a letter here), single spaces."""
+    return " ".join(re.sub(r"[^A-Z']", " ", (text or "").upper()).split())
+
+
+@torch.no_grad()
+def evaluate(ctc, utterances, device, batch_seconds, decode=greedy_decode, desc=None):
+    """WER in percent (jiwer) and the (id, reference, hypothesis) rows; tqdm bar when desc is given."""
+    ctc.eval()
+    loader, _ = data.make_loader(utterances, batch_seconds, shuffle=False, seed=0)
+    rows = []
+    with tqdm(total=len(utterances), desc=desc, unit="utt", disable=desc is None) as bar:
+        for batch in loader:
+            log_probs, frame_lengths = ctc(batch["waves"].to(device), batch["lengths"].to(device))
+            rows += zip(batch["ids"], batch["texts"], decode(log_probs, frame_lengths))
+            bar.update(len(batch["ids"]))
+    wer = jiwer.wer([normalize_for_wer(r) for _, r, _ in rows], [normalize_for_wer(h) for _, _, h in rows])
+    return 100.0 * wer, rows
+
+
+# ----------------------------------------------------------------------------------------------
+# Export to transformers (HubertForCTC): config.json, model.safetensors and the processor files
+
+# Our CTCModel parameter names -> HubertForCTC's (the inverse of the prefix moves in
+# model.teacher_from_huggingface). The positional conv keeps the weight_g / weight_v names of the
+# published HuBERT checkpoints, which every transformers version reads.
+HF_PREFIXES = [("encoder.feature_extractor.", "hubert.feature_extractor."),
+               ("encoder.encoder.feature_projection.", "hubert.feature_projection."),
+               ("encoder.encoder.transformer.", "hubert.encoder."),
+               ("mask_embedding", "hubert.masked_spec_embed"), ("proj.", "lm_head.")]
+
+
+def huggingface_name(key):
+    """e.g. "encoder.encoder.transformer.layers.0.attention.q_proj.weight" -> "hubert.encoder.layers.0.attention.q_proj.weight"."""
+    for ours, theirs in HF_PREFIXES:
+        if key.startswith(ours):
+            key = theirs + key[len(ours):]
+            return key.replace("parametrizations.weight.original0", "weight_g").replace(
+                "parametrizations.weight.original1", "weight_v")
+    raise KeyError(f"no transformers name for parameter {key}")
+
+
+def huggingface_config(ctc):
+    """config.json of HubertForCTC, field by field from EncoderConfig and CTCConfig."""
+    c, m = ctc.encoder.config, ctc.config
+    channels, kernels, strides = zip(*c.conv_layers)
+    return {
+        "architectures": ["HubertForCTC"], "model_type": "hubert",
+        "vocab_size": m.vocab_size, "pad_token_id": data.BLANK,
+        "bos_token_id": data.VOCAB.index("<s>"), "eos_token_id": data.VOCAB.index("</s>"),
+        "feat_extract_norm": c.extractor_mode.replace("_norm", ""), "feat_extract_activation": "gelu",
+        "conv_dim": list(channels), "conv_kernel": list(kernels), "conv_stride": list(strides),
+        "conv_bias": c.conv_bias, "num_feat_extract_layers": len(c.conv_layers),
+        "feat_proj_layer_norm": True, "feat_proj_dropout": c.dropout,
+        "hidden_size": c.dim, "num_hidden_layers": c.layers, "num_attention_heads": c.heads,
+        "intermediate_size": c.ffn, "hidden_act": "gelu", "layer_norm_eps": 1e-5,
+        "num_conv_pos_embeddings": c.pos_conv_kernel, "num_conv_pos_embedding_groups": c.pos_conv_groups,
+        "conv_pos_batch_norm": False, "do_stable_layer_norm": c.layer_norm_first,
+        "hidden_dropout": c.dropout, "attention_dropout": c.attention_dropout,
+        "activation_dropout": c.activation_dropout, "layerdrop": c.layerdrop, "final_dropout": m.final_dropout,
+        "apply_spec_augment": True, "mask_time_prob": m.mask_prob, "mask_time_length": m.mask_length,
+        "mask_time_min_masks": 2, "mask_feature_prob": m.mask_channel_prob,
+        "mask_feature_length": m.mask_channel_length, "mask_feature_min_masks": 0,
+        "ctc_loss_reduction": "sum", "ctc_zero_infinity": True, "use_weighted_layer_sum": False,
+    }
+
+
+def export_huggingface(ctc, out_dir):
+    """Write a folder that transformers.HubertForCTC.from_pretrained and
+    pipeline("automatic-speech-recognition", model=out_dir) load without this project."""
+    if ctc.encoder.config.frontend != "cnn":
+        raise ValueError("only CNN front-end models export to transformers: HubertForCTC has no Fbank "
+                         "front-end; keep using finetune.py --transcribe for Fbank students")
+    from safetensors.torch import save_file
+    os.makedirs(out_dir, exist_ok=True)
+    state = ctc.state_dict()
+    if ctc.config.mask_prob == 0 and ctc.config.mask_channel_prob == 0:
+        del state["mask_embedding"]  # HubertForCTC has no masked_spec_embed without masking
+    tensors = {huggingface_name(k): v.detach().cpu().contiguous() for k, v in state.items()}
+    save_file(tensors, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+    specials = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": data.VOCAB[data.BLANK]}
+    files = {
+        "config.json": huggingface_config(ctc),
+        "vocab.json": {token: i for i, token in enumerate(data.VOCAB)},
+        "special_tokens_map.json": specials,
+        "tokenizer_config.json": {"tokenizer_class": "Wav2Vec2CTCTokenizer", **specials,
+                                  "word_delimiter_token": data.WORD_SEP, "replace_word_delimiter_char": " ",
+                                  "do_lower_case": False, "processor_class": "Wav2Vec2Processor"},
+        # Base-style (group norm) models take no attention mask in transformers, Large-style do.
+        "preprocessor_config.json": {"feature_extractor_type": "Wav2Vec2FeatureExtractor", "feature_size": 1,
+                                     "sampling_rate": data.SAMPLE_RATE, "padding_value": 0.0,
+                                     "padding_side": "right",
+                                     "do_normalize": ctc.encoder.config.normalize_waveform,
+                                     "return_attention_mask": ctc.encoder.config.extractor_mode == "layer_norm",
+                                     "processor_class": "Wav2Vec2Processor"},
+    }
+    for name, content in files.items():
+        with open(os.path.join(out_dir, name), "w") as f:
+            json.dump(content, f, indent=2)
+
+
+# ----------------------------------------------------------------------------------------------
+# Modes
+
+
+def run_eval(args):
+    device, _, _ = setup(args)
+    ctc = load_ctc(args.eval).to(device)
+    decode, decoding = make_decoder(args)
+    for path in args.data:
+        wer, rows = evaluate(ctc, data.load_corpus([path]), device, args.batch_seconds, decode, desc=path)
+        name = os.path.splitext(os.path.basename(os.path.normpath(path)))[0]
+        out = f"{os.path.splitext(args.eval)[0]}.{name}.hyp.txt"
+        with open(out, "w") as f:
+            f.writelines(f"{i}\t{h}\n" for i, _, h in rows)
+        print(f"{path}: WER {wer:.2f} ({len(rows)} utterances, {decoding}; hypotheses in {out})", flush=True)
+
+
+def run_transcribe(args):
+    device, _, _ = setup(args)
+    ctc = load_ctc(args.transcribe[0]).to(device)
+    decode, decoding = make_decoder(args)
+    print(f"# {decoding}", file=sys.stderr, flush=True)  # stdout stays FILE<TAB>TRANSCRIPT lines
+    for path in args.transcribe[1:]:
+        wave = data.load_audio(path)
+        with torch.no_grad():
+            log_probs, frame_lengths = ctc(wave[None].to(device), torch.tensor([len(wave)], device=device))
+        print(f"{path}\t{decode(log_probs, frame_lengths)[0]}", flush=True)
+
+
+def run_export(args):
+    ckpt_path, out_dir = args.export_hf
+    try:
+        export_huggingface(load_ctc(ckpt_path), out_dir)
+    except ValueError as e:
+        sys.exit(f"error: {ckpt_path}: {e}")
+    print(f"wrote {out_dir}: transformers.pipeline('automatic-speech-recognition', model='{out_dir}')")
+
+
+def load_train_set(args, rank):
+    utterances = data.load_corpus(args.train)
+    for u in utterances:  # a bad transcript fails now, not in the middle of training
+        if not u.text:
+            sys.exit(f"error: {u.path}: no transcript; CTC fine-tuning needs transcribed audio")
+        try:
+            data.encode(u.text)
+        except ValueError as e:
+            sys.exit(f"error: {u.path}: {e}")
+    if args.max_train_hours:
+        utterances = train_subset(utterances, args.max_train_hours, args.subset_seed)
+        if rank == 0:
+            with open(os.path.join(args.out_dir, "train_subset.txt"), "w") as f:
+                f.writelines(u.id + "\n" for u in utterances)
+    return utterances
+
+
+def train(args):
+    device, rank, world = setup(args)
+    start_run(args, rank)
+    ckpt_path = os.path.join(args.out_dir, "checkpoint.pt")
+    resume = model.load_checkpoint(ckpt_path) if args.resume and os.path.exists(ckpt_path) else None
+    train_utts = load_train_set(args, rank)
+    valid_utts = data.load_corpus(args.valid) if args.valid else []
+    loader, sampler = data.make_loader(train_utts, args.batch_seconds, shuffle=True, seed=args.seed,
+                                       rank=rank, world_size=world, num_workers=args.num_workers)
+    if resume:
+        ctc = ctc_from_checkpoint(resume, ckpt_path)
+    else:
+        encoder = with_regularisation(encoder_for_init(args.init), args)
+        ctc = model.CTCModel(encoder, model.CTCConfig(
+            vocab_size=len(data.VOCAB), final_dropout=args.final_dropout, mask_prob=args.mask_prob,
+            mask_length=args.mask_length, mask_channel_prob=args.mask_channel_prob,
+            mask_channel_length=args.mask_channel_length))
+    ctc.to(device)
+    set_trainable(ctc, train_encoder=True)
+    trainable = [p for p in ctc.parameters() if p.requires_grad]  # all but the front-end
+    optimizer = torch.optim.AdamW(trainable, lr=args.lr, betas=tuple(args.betas), eps=args.eps,
+                                  weight_decay=args.weight_decay)
+    scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
+    step, data_state, best = 0, {"epoch": 0, "skip": 0}, float("inf")
+    if resume:
+        optimizer.load_state_dict(resume["optimizer"])
+        scaler.load_state_dict(resume["scaler"])
+        step, data_state, best = resume["step"], dict(resume["data_state"]), resume["best_wer"]
+        set_rng_state(resume["rng"])
+    if rank == 0:
+        hours = sum(u.num_samples for u in train_utts) / data.SAMPLE_RATE / 3600
+        print(f"fine-tuning {model.count_parameters(ctc) / 1e6:.2f}M parameters "
+              f"({sum(p.numel() for p in trainable) / 1e6:.2f}M trainable, encoder frozen for "
+              f"{args.freeze_steps} steps) on {len(train_utts)} utterances, {hours:.3g} h"
+              + (f"; resumed at step {step}" if resume else ""), flush=True)
+        if args.freeze_steps >= args.max_steps:
+            print(f"note: --freeze-steps {args.freeze_steps} >= --max-steps {args.max_steps}: only the CTC "
+                  f"head will train", flush=True)
+
+    def save(path, full=True):
+        if rank != 0:
+            return
+        extra = dict(step=step, best_wer=best, args=vars(args))
+        if full:
+            extra.update(optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
+                         data_state=dict(data_state), rng=rng_state())
+        model.save_checkpoint(ctc_checkpoint(ctc, **extra), path)
+
+    batches = batch_stream(loader, sampler, data_state)
+    logger = Logger(args.out_dir, args.max_steps, rank)
+    last_log = step
+    while step < args.max_steps:
+        ctc.train()
+        frozen = step < args.freeze_steps
+        set_trainable(ctc, train_encoder=not frozen)
+        lr = tri_stage_lr(step, args.max_steps, args.lr, args.stages)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batch = next(batches)
+        waves, lengths = batch["waves"].to(device), batch["lengths"].to(device)
+        targets, target_lengths = batch["targets"].to(device), batch["target_lengths"].to(device)
+        with autocast(device, args.precision):
+            log_probs, frame_lengths = ctc(waves, lengths)
+        # fairseq's ctc criterion with sentence_avg: summed over frames, averaged over utterances
+        loss = torch.nn.functional.ctc_loss(
+            log_probs.float().transpose(0, 1), targets.clamp(min=0), frame_lengths, target_lengths,
+            blank=data.BLANK, reduction="sum", zero_infinity=True) / len(waves)
+        if not all_finite(loss.detach(), device, world):
+            sys.exit(f"error: non-finite CTC loss at step {step + 1}; last good checkpoint: {ckpt_path}; "
+                     f"try a lower --lr or --precision fp32")
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, args.clip or math.inf)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        logger.add_audio(lengths.sum().item() / data.SAMPLE_RATE * world)
+        if step % args.log_every == 0 or step == args.max_steps:
+            logger.log(step, step - last_log, ctc=loss.item(), grad_norm=float(grad_norm),
+                       frozen=float(frozen), lr=lr)
+            last_log = step
+        if valid_utts and rank == 0 and (step % args.eval_every == 0 or step == args.max_steps):
+            wer, _ = evaluate(ctc, valid_utts, device, args.batch_seconds)
+            print(f"step {step}: dev WER {wer:.2f}", flush=True)
+            with open(os.path.join(args.out_dir, "log.jsonl"), "a") as f:
+                f.write(json.dumps({"step": step, "dev_wer": wer}) + "\n")
+            if wer < best:
+                best = wer
+                save(os.path.join(args.out_dir, "best.pt"), full=False)
+        if step % args.eval_every == 0 or step == args.max_steps:
+            save(ckpt_path)
+    save(os.path.join(args.out_dir, "last.pt"), full=False)
+    if not valid_utts:
+        save(os.path.join(args.out_dir, "best.pt"), full=False)
+    if rank == 0:
+        result = f"best dev WER {best:.2f}" if valid_utts else "no --valid set: best.pt = last.pt"
+        print(f"done: {result}; {os.path.join(args.out_dir, 'best.pt')}", flush=True)
+
+
+def main(args):
+    if args.eval:
+        run_eval(args)
+    elif args.transcribe:
+        run_transcribe(args)
+    elif args.export_hf:
+        run_export(args)
+    else:
+        train(args)
+
+
+if __name__ == "__main__":
+    main(parse_args())

@@ -1,0 +1,777 @@
+"""Networks: HuBERT teachers from every checkpoint format, the paper's students, the CTC model.
+
+Every network here is torchaudio's wav2vec2/HuBERT encoder (torchaudio.models.wav2vec2_model,
+whose arguments are tied one to one to fairseq's names), wrapped so that one obvious call
+returns all hidden states:
+
+    hidden_states, frame_lengths = encoder(waves, lengths)
+    # hidden_states[0]: transformer input (after CNN, projection, positional conv, and the
+    #                   layer norm of post-LN models); hidden_states[k]: output of layer k
+
+Students follow the paper (arXiv 2210.15631, Sec. 3): "S&W" = shallow and wide, DistilHuBERT
+(2 x 768, heads on the last layer predicting teacher layers 4, 8, 12) and "D&T" = deep and
+thin, FitHuBERT (12 x 480, FFN 480, layer-to-layer targets), each optionally with the Fbank
+front-end of fbank_frontend.py in place of the waveform CNN.
+
+    python model.py                      # the preset table with parameter counts
+"""
+import argparse
+import ast
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchaudio.models import wav2vec2_model
+
+# ----------------------------------------------------------------------------------------------
+# Configuration
+
+# HuBERT's waveform CNN: (channels, kernel, stride) per layer; 400-sample receptive field and a
+# 320-sample (20 ms) hop at 16 kHz.
+HUBERT_CNN = [(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] * 2
+CHECKPOINT_FORMAT = "hubert-distill/1"  # marks this project's own checkpoints
+
+
+@dataclass
+class EncoderConfig:
+    """Shape of one encoder; every field maps to a torchaudio.models.wav2vec2_model argument."""
+    frontend: str = "cnn"                # "cnn" (HuBERT's waveform CNN) or "fbank" (fbank_frontend.py)
+    extractor_mode: str = "group_norm"   # CNN norm: "group_norm" (Base, first layer) or "layer_norm" (Large)
+    conv_layers: list = field(default_factory=lambda: list(HUBERT_CNN))  # [(channels, kernel, stride)]
+    conv_bias: bool = False              # CNN conv bias (True for Large)
+    dim: int = 768                       # transformer width (encoder_embed_dim)
+    layers: int = 12                     # transformer layers
+    heads: int = 12                      # attention heads
+    ffn: int = 3072                      # feed-forward inner width (encoder_ff_interm_features)
+    pos_conv_kernel: int = 128           # positional conv kernel, frames
+    pos_conv_groups: int = 16            # positional conv groups
+    layer_norm_first: bool = False       # pre-LN transformer (Large) instead of post-LN (Base)
+    normalize_waveform: bool = False     # zero-mean unit-variance per utterance (Large does, Base not)
+    dropout: float = 0.1                 # dropout after projection / attention / FFN blocks
+    attention_dropout: float = 0.1       # dropout on attention weights
+    activation_dropout: float = 0.0      # dropout inside the FFN
+    layerdrop: float = 0.0               # probability of skipping a layer in training
+    n_mels: int = 80                     # fbank front-end only: mel bins
+
+    @classmethod
+    def from_dict(cls, d):
+        """Rebuild from asdict(config); unknown keys are an error, tuples come back as lists."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown encoder config keys {sorted(unknown)}")
+        d = dict(d)
+        if "conv_layers" in d:
+            d["conv_layers"] = [tuple(c) for c in d["conv_layers"]]
+        return cls(**d)
+
+
+# ----------------------------------------------------------------------------------------------
+# Encoder: torchaudio's wav2vec2 with all hidden states
+
+
+def normalize_waveform(waves, lengths):
+    """Layer-norm each utterance over its real samples (fairseq `normalize: true`); [B, S] -> [B, S]."""
+    mask = torch.arange(waves.shape[1], device=waves.device)[None, :] < lengths[:, None]
+    n = lengths.clamp(min=1).to(waves.dtype)[:, None]
+    mean = (waves * mask).sum(1, keepdim=True) / n
+    var = (((waves - mean) * mask) ** 2).sum(1, keepdim=True) / n
+    return ((waves - mean) / torch.sqrt(var + 1e-5)) * mask
+
+
+class Encoder(nn.Module):
+    """HuBERT-style encoder; `feature_extractor` and `encoder` are named as in torchaudio's
+    Wav2Vec2Model so that its state_dict loads here unchanged."""
+
+    def __init__(self, config: EncoderConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        w2v = wav2vec2_model(
+            extractor_mode=c.extractor_mode,
+            extractor_conv_layer_config=[tuple(x) for x in c.conv_layers],
+            extractor_conv_bias=c.conv_bias,
+            encoder_embed_dim=c.dim,
+            encoder_projection_dropout=c.dropout,
+            encoder_pos_conv_kernel=c.pos_conv_kernel,
+            encoder_pos_conv_groups=c.pos_conv_groups,
+            encoder_num_layers=c.layers,
+            encoder_num_heads=c.heads,
+            encoder_attention_dropout=c.attention_dropout,
+            encoder_ff_interm_features=c.ffn,
+            encoder_ff_interm_dropout=c.activation_dropout,
+            encoder_dropout=c.dropout,
+            encoder_layer_norm_first=c.layer_norm_first,
+            encoder_layer_drop=c.layerdrop,
+            aux_num_out=None,
+        )
+        self.feature_extractor = w2v.feature_extractor
+        self.encoder = w2v.encoder
+        if c.frontend == "fbank":
+            # The Fbank front-end ends in its own Linear(D, D), so it replaces both the CNN and
+            # the CNN's feature projection: that is how the paper's 19.11M count comes out.
+            from fbank_frontend import FbankFrontend
+            self.feature_extractor = FbankFrontend(c.dim, n_mels=c.n_mels)
+            self.encoder.feature_projection = nn.Identity()
+        elif c.frontend != "cnn":
+            raise ValueError(f"unknown front-end {c.frontend!r}; choose 'cnn' or 'fbank'")
+
+    def frontend(self, waves, lengths):
+        """(waves [B, S], lengths [B]) -> transformer input [B, T, D] (padding zeroed), frame_lengths [B]."""
+        if self.config.normalize_waveform:
+            waves = normalize_waveform(waves, lengths)
+        feats, frame_lengths = self.feature_extractor(waves, lengths)
+        x, _ = self.encoder._preprocess(feats, frame_lengths)  # projection, zeroes padded frames
+        return x, frame_lengths
+
+    def forward(self, waves, lengths, num_layers=None):
+        """(waves [B, S], lengths [B]) -> (hidden_states: list of L+1 x [B, T, D], frame_lengths [B])."""
+        x, frame_lengths = self.frontend(waves, lengths)
+        return self.transformer_layers(x, frame_lengths, num_layers)
+
+    def transformer_layers(self, x, frame_lengths, num_layers=None):
+        """Run the transformer on its input x [B, T, D]; returns (hidden_states, frame_lengths)."""
+        t = self.encoder.transformer
+        T = x.shape[1]
+        pad = torch.arange(T, device=x.device)[None, :] >= frame_lengths[:, None]  # (B, T) True on padding
+        attn_mask = (-10000.0 * pad[:, None, None, :].to(x.dtype)).expand(-1, 1, T, T)
+        x = t._preprocess(x)  # + positional conv; layer norm for post-LN models
+        hidden = [x]
+        for i, layer in enumerate(t.layers):
+            if num_layers is not None and i >= num_layers:
+                break
+            if self.training and t.layer_drop > 0 and torch.rand(1).item() < t.layer_drop:
+                hidden.append(x)  # a dropped layer passes its input through
+                continue
+            x, _ = layer(x, attn_mask)
+            hidden.append(x)
+        # torchaudio's Transformer flag is the inverse of the layer's: False here = pre-LN model,
+        # whose final layer norm comes after the last layer (as in transformers' hidden_states).
+        if not t.layer_norm_first and len(hidden) == len(t.layers) + 1:
+            hidden[-1] = t.layer_norm(x)
+        return hidden, frame_lengths
+
+
+def padding_mask(frame_lengths, T):
+    """frame_lengths [B] -> bool [B, T], True on padding (the convention of every loss here)."""
+    return torch.arange(T, device=frame_lengths.device)[None, :] >= frame_lengths[:, None]
+
+
+def count_parameters(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+# ----------------------------------------------------------------------------------------------
+# HuBERT's prediction head and the frozen teacher
+
+
+class PredictionHead(nn.Module):
+    """HuBERT's head: final_proj (D -> F) and the codeword embeddings (K x F; fairseq
+    `label_embs_concat`, 504 x 256 for hubert_base_ls960). logits = cos(final_proj(h), e_k) / tau."""
+
+    def __init__(self, dim, final_dim, num_codewords):
+        super().__init__()
+        self.final_proj = nn.Linear(dim, final_dim)
+        self.codewords = nn.Parameter(torch.zeros(num_codewords, final_dim))
+
+    def logits(self, h, tau=0.1):
+        """h [B, T, D] -> cosine logits [B, T, K] / tau (HuBERT's own tau is 0.1)."""
+        proj = F.normalize(self.final_proj(h), dim=-1, eps=1e-8)
+        return proj @ F.normalize(self.codewords, dim=-1, eps=1e-8).t() / tau
+
+
+class Teacher(nn.Module):
+    """A frozen encoder (always in eval mode: no dropout, no layerdrop) plus its optional head."""
+
+    def __init__(self, encoder: Encoder, head: PredictionHead = None, source: str = ""):
+        super().__init__()
+        self.encoder = encoder
+        self.head = head
+        self.source = source
+        self.requires_grad_(False)
+        self.eval()
+
+    @property
+    def config(self):
+        return self.encoder.config
+
+    def train(self, mode=True):  # a teacher never trains; model.train() elsewhere must not flip it
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, waves, lengths):
+        """(waves [B, S], lengths [B]) -> (hidden_states: list of L+1 x [B, T, D], frame_lengths [B])."""
+        return self.encoder(waves, lengths)
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints: plain tensors and values, atomic writes, no code execution on load
+
+
+def save_checkpoint(obj, path):
+    """torch.save to a temp file, then os.replace: a crash mid-write leaves the old file intact."""
+    tmp = f"{path}.tmp"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path):
+    """torch.load(weights_only=True): tensors and plain values only, never code from the file."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such checkpoint file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # the pickle asked for something beyond plain data, or is junk
+        reason = str(e).strip().splitlines()[0][:200]
+        raise ValueError(f"{path}: not a loadable checkpoint ({reason})") from None
+
+
+def encoder_checkpoint(encoder: Encoder, kind: str, **extra):
+    """The dict this project saves: enough to rebuild the encoder from the file alone."""
+    return {"format": CHECKPOINT_FORMAT, "kind": kind, "config": asdict(encoder.config),
+            "encoder": encoder.state_dict(), **extra}
+
+
+def encoder_from_checkpoint(ckpt, path="checkpoint"):
+    """Rebuild an Encoder from a project checkpoint dict."""
+    if ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a checkpoint of this project (no format {CHECKPOINT_FORMAT!r})")
+    encoder = Encoder(EncoderConfig.from_dict(ckpt["config"]))
+    try:
+        encoder.load_state_dict(ckpt["encoder"])
+    except RuntimeError as e:
+        raise ValueError(f"{path}: weights do not fit the stored config: {str(e).splitlines()[0]}") from None
+    return encoder
+
+
+def head_from_state(state, dim):
+    """PredictionHead from {"final_proj.weight", "final_proj.bias", "codewords"}, or None."""
+    if not state:
+        return None
+    K, final_dim = state["codewords"].shape
+    head = PredictionHead(dim, final_dim, K)
+    head.load_state_dict(state)
+    return head
+
+
+# ----------------------------------------------------------------------------------------------
+# Teachers from foreign checkpoints
+#
+# Each source becomes an EncoderConfig plus a state dict in torchaudio's parameter names, which
+# loads into Encoder unchanged. fairseq: keys renamed as in torchaudio's import_fairseq._map_key,
+# architecture read from the file's cfg (hydra era) or args (legacy). Hugging Face: the modules
+# already carry torchaudio's names (see torchaudio's import_huggingface); only prefixes move.
+# Nothing here imports fairseq, omegaconf or transformers, and no pickle gets to run code.
+
+TEACHER_DROPOUTS = dict(dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, layerdrop=0.0)
+POS_CONV = "encoder.transformer.pos_conv_embed.conv."  # torchaudio's weight-normed positional conv
+
+
+class FairseqObject:
+    """Inert stand-in for a fairseq class inside a checkpoint pickle (hubert_base_ls960.pt
+    pickles its label Dictionary): keeps the pickled fields as plain data, runs no code."""
+
+    def __setstate__(self, state):
+        self.__dict__.update(state if isinstance(state, dict) else {"state": state})
+
+
+FAIRSEQ_PICKLED_CLASSES = ["fairseq.data.dictionary.Dictionary"]
+
+
+def pickle_allow_list():
+    """What a fairseq pickle may name besides tensors: argparse.Namespace (legacy `args`), numpy
+    scalars, arrays and dtypes (training statistics), fairseq's Dictionary (as FairseqObject)."""
+    import numpy as np
+    try:
+        from numpy._core import multiarray  # numpy 2
+    except ImportError:
+        from numpy.core import multiarray  # numpy 1
+    allowed = [argparse.Namespace, np.ndarray, np.dtype]
+    allowed += sorted({type(np.dtype(c)) for c in "?bBhHiIlLqQefdgFDGUS"}, key=str)  # Float64DType, ...
+    for fn in (multiarray.scalar, multiarray._reconstruct):  # files from numpy 1 and 2 spell them apart
+        allowed += [(fn, f"numpy.{core}.multiarray.{fn.__name__}") for core in ("core", "_core")]
+    return allowed + [(FairseqObject, name) for name in FAIRSEQ_PICKLED_CLASSES]
+
+
+def load_foreign_checkpoint(path):
+    """torch.load(weights_only=True) with the allow-list above: a pickle that names anything else
+    (os.system, a fairseq model class) is refused before anything in it runs."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such checkpoint file")
+    try:
+        with torch.serialization.safe_globals(pickle_allow_list()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a refused global, or not a torch file at all
+        msg = str(e)
+        refused = re.search(r"GLOBAL ([\w.]+)", msg)  # torch words it in several ways
+        other = re.search(r"WeightsUnpickler error: (.+)", msg)
+        if refused:
+            reason = f"its pickle asks for {refused.group(1)}, which is not plain data; refusing to run it"
+        else:
+            reason = (other.group(1) if other else (msg.strip().splitlines() or [type(e).__name__])[0])[:200]
+        raise ValueError(f"{path}: not a loadable checkpoint ({reason})") from None
+
+
+def load_teacher(src: str) -> Teacher:
+    """A frozen teacher (eval mode, no gradients) from any of these sources:
+
+    - a fairseq HuBERT checkpoint, pre-trained (hubert_base_ls960.pt: with its prediction head)
+      or fine-tuned (hubert_large_ll60k_finetune_ls960.pt: no head);
+    - a Hugging Face model folder (config.json + model.safetensors or pytorch_model.bin);
+    - a torchaudio bundle whose weights are already in the torch hub cache, e.g.
+      torchaudio:HUBERT_BASE (nothing is downloaded);
+    - a checkpoint of this project (kind teacher, student or ctc).
+    """
+    if src.startswith("torchaudio:"):
+        encoder, head = teacher_from_torchaudio(src[len("torchaudio:"):])
+    elif os.path.isdir(src):
+        encoder, head = teacher_from_huggingface(src)
+    elif not os.path.exists(src):
+        raise FileNotFoundError(f"{src}: no such file or folder; pass a fairseq .pt, a Hugging Face "
+                                f"folder, torchaudio:HUBERT_BASE or a checkpoint of this project")
+    else:
+        ckpt = load_foreign_checkpoint(src)
+        if isinstance(ckpt, dict) and "format" in ckpt:
+            encoder = encoder_from_checkpoint(ckpt, src)
+            head = head_from_state(ckpt.get("head"), encoder.config.dim)
+        elif isinstance(ckpt, dict) and "model" in ckpt and ("cfg" in ckpt or "args" in ckpt):
+            encoder, head = teacher_from_fairseq(ckpt, src)
+        else:
+            found = sorted(map(str, ckpt))[:6] if isinstance(ckpt, dict) else type(ckpt).__name__
+            raise ValueError(f"{src}: unknown checkpoint layout ({found}); expected a fairseq checkpoint "
+                             f"('model' with 'cfg' or 'args') or a checkpoint of this project")
+    return Teacher(encoder, head, source=src)
+
+
+def state_dict_error(e):
+    """The informative part of load_state_dict's RuntimeError, on one line."""
+    return " ".join(str(e).split()).replace("Error(s) in loading state_dict for ", "")[:300]
+
+
+def load_encoder_state(config, state, path):
+    """Encoder(config) with `state` (torchaudio names) loaded strictly; one-line error on mismatch."""
+    state = dict(state)
+    # The positional conv is weight-normed over its kernel axis (dim 2); torchaudio registers that
+    # as a parametrization (original0 = g, original1 = v), fairseq and older files as weight_g/_v.
+    for old, new in (("weight_g", "original0"), ("weight_v", "original1")):
+        if POS_CONV + old in state:
+            state[f"{POS_CONV}parametrizations.weight.{new}"] = state.pop(POS_CONV + old)
+    if POS_CONV + "weight" in state:  # norm already folded in: v = w, g = |w| per kernel tap
+        w = state.pop(POS_CONV + "weight")
+        state[f"{POS_CONV}parametrizations.weight.original0"] = w.norm(dim=(0, 1), keepdim=True)
+        state[f"{POS_CONV}parametrizations.weight.original1"] = w
+    encoder = Encoder(config)
+    try:
+        encoder.load_state_dict(state)
+    except RuntimeError as e:
+        raise ValueError(f"{path}: weights do not fit the architecture in its config "
+                         f"({state_dict_error(e)})") from None
+    return encoder
+
+
+# fairseq name prefix -> torchaudio's (as torchaudio.models.wav2vec2.utils.import_fairseq._map_key);
+# the first rule that matches wins
+FAIRSEQ_KEYS = [
+    (r"feature_extractor\.conv_layers\.(\d+)\.0\.", r"feature_extractor.conv_layers.\1.conv."),
+    # CNN norms: LayerNorm in every layer (Large, "2.1."), or GroupNorm in the first only (Base)
+    (r"feature_extractor\.conv_layers\.(\d+)\.2\.1\.", r"feature_extractor.conv_layers.\1.layer_norm."),
+    (r"feature_extractor\.conv_layers\.0\.2\.", r"feature_extractor.conv_layers.0.layer_norm."),
+    (r"layer_norm\.", r"encoder.feature_projection.layer_norm."),
+    (r"post_extract_proj\.", r"encoder.feature_projection.projection."),
+    (r"encoder\.pos_conv\.0\.", POS_CONV),
+    (r"encoder\.layer_norm\.", r"encoder.transformer.layer_norm."),
+    (r"encoder\.layers\.(\d+)\.self_attn\.", r"encoder.transformer.layers.\1.attention."),
+    (r"encoder\.layers\.(\d+)\.self_attn_layer_norm\.", r"encoder.transformer.layers.\1.layer_norm."),
+    (r"encoder\.layers\.(\d+)\.fc1\.", r"encoder.transformer.layers.\1.feed_forward.intermediate_dense."),
+    (r"encoder\.layers\.(\d+)\.fc2\.", r"encoder.transformer.layers.\1.feed_forward.output_dense."),
+    (r"encoder\.layers\.(\d+)\.final_layer_norm\.", r"encoder.transformer.layers.\1.final_layer_norm."),
+]
+FAIRSEQ_SKIPPED = ("mask_emb", "quantizer.", "project_q.", "target_glu.",  # pre-training only
+                   "w2v_encoder.proj.")  # the CTC layer of fine-tuned files
+# fairseq's HubertConfig defaults (HuBERT Base), for fields a legacy `args` may leave out
+FAIRSEQ_DEFAULTS = dict(
+    extractor_mode="default", conv_feature_layers="[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2",
+    conv_bias=False, encoder_embed_dim=768, encoder_layers=12, encoder_attention_heads=12,
+    encoder_ffn_embed_dim=3072, conv_pos=128, conv_pos_groups=16, layer_norm_first=False,
+    activation_fn="gelu")
+
+
+def parse_conv_layers(spec):
+    """fairseq's conv_feature_layers string, parsed without eval():
+
+    >>> parse_conv_layers("[(512,10,5)] + [(512,3,2)] * 2")
+    [(512, 10, 5), (512, 3, 2), (512, 3, 2)]
+    """
+    layers = []
+    for term in "".join(str(spec).split()).split("+"):  # "[(c,k,s),...]" or "[(c,k,s),...]*n"
+        m = re.fullmatch(r"(\[[\d,()]*\])(?:\*(\d+))?", term)
+        items = ast.literal_eval(m.group(1)) if m else None
+        if not items or not all(isinstance(c, tuple) and len(c) == 3 for c in items):
+            raise ValueError(f"cannot parse conv_feature_layers {spec!r}; expected e.g. "
+                             f"'[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2'")
+        layers += items * int(m.group(2) or 1)
+    return layers
+
+
+def fairseq_architecture(ckpt, path):
+    """(model fields, task fields) of the pre-trained encoder: cfg['model'] and cfg['task']
+    (hydra era) or args (legacy); fine-tuned files nest the pre-training config in w2v_args."""
+    def plain(x):
+        return vars(x) if isinstance(x, argparse.Namespace) else dict(x or {})
+    if ckpt.get("cfg"):
+        model, task = plain(ckpt["cfg"].get("model")), plain(ckpt["cfg"].get("task"))
+    else:
+        model = task = plain(ckpt.get("args"))
+    w2v = plain(model.get("w2v_args"))
+    if w2v:  # the pre-training cfg ({"model", "task"}) or, in legacy files, its flat args
+        outer_normalize = {"normalize": task["normalize"]} if "normalize" in task else {}
+        model, task = (plain(w2v["model"]), plain(w2v.get("task"))) if "model" in w2v else (w2v, w2v)
+        task = {**task, **outer_normalize}
+    if "encoder_embed_dim" not in model:
+        raise ValueError(f"{path}: no encoder architecture (encoder_embed_dim) in cfg['model'], "
+                         f"its w2v_args or args; a fine-tuned file must embed its pre-training config")
+    return {**FAIRSEQ_DEFAULTS, **model}, task
+
+
+def teacher_from_fairseq(ckpt, path):
+    """(Encoder, PredictionHead or None) from a loaded fairseq HuBERT checkpoint dict."""
+    m, task = fairseq_architecture(ckpt, path)
+    if m["activation_fn"] != "gelu" or m["extractor_mode"] not in ("default", "layer_norm"):
+        raise ValueError(f"{path}: unsupported fairseq model (activation_fn {m['activation_fn']!r}, "
+                         f"extractor_mode {m['extractor_mode']!r}); needs gelu and default or layer_norm")
+    config = EncoderConfig(
+        extractor_mode="group_norm" if m["extractor_mode"] == "default" else "layer_norm",
+        conv_layers=parse_conv_layers(m["conv_feature_layers"]), conv_bias=bool(m["conv_bias"]),
+        dim=int(m["encoder_embed_dim"]), layers=int(m["encoder_layers"]),
+        heads=int(m["encoder_attention_heads"]), ffn=int(m["encoder_ffn_embed_dim"]),
+        pos_conv_kernel=int(m["conv_pos"]), pos_conv_groups=int(m["conv_pos_groups"]),
+        layer_norm_first=bool(m["layer_norm_first"]),
+        normalize_waveform=bool(task.get("normalize", False)), **TEACHER_DROPOUTS)
+    state, head_state = {}, {}
+    for key, value in ckpt["model"].items():
+        key = re.sub(r"^(w2v_encoder\.)?w2v_model\.", "", key)  # fine-tuned files nest the encoder
+        if key in ("final_proj.weight", "final_proj.bias"):
+            head_state[key] = value
+        elif key == "label_embs_concat":
+            head_state["codewords"] = value
+        elif not key.startswith(FAIRSEQ_SKIPPED):
+            rule = next((r for r in FAIRSEQ_KEYS if re.match(r[0], key)), None)
+            if rule is None:
+                raise ValueError(f"{path}: unexpected parameter {key!r}; not a fairseq HuBERT encoder?")
+            state[re.sub(rule[0], rule[1], key, count=1)] = value
+    encoder = load_encoder_state(config, state, path)
+    if len(head_state) < 3:  # fine-tuned files drop final_proj: no head
+        return encoder, None
+    try:
+        return encoder, head_from_state(head_state, config.dim)
+    except RuntimeError as e:
+        raise ValueError(f"{path}: final_proj does not fit label_embs_concat "
+                         f"({state_dict_error(e)})") from None
+
+
+def read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def read_huggingface_weights(folder):
+    """State dict of a Hugging Face folder: safetensors (one file or shards) or pytorch_model.bin."""
+    single, index = (os.path.join(folder, f) for f in ("model.safetensors", "model.safetensors.index.json"))
+    if os.path.isfile(single):
+        files = [single]
+    elif os.path.isfile(index):
+        files = sorted({os.path.join(folder, f) for f in read_json(index)["weight_map"].values()})
+    elif os.path.isfile(os.path.join(folder, "pytorch_model.bin")):
+        return load_foreign_checkpoint(os.path.join(folder, "pytorch_model.bin"))
+    else:
+        raise FileNotFoundError(f"{folder}: no model.safetensors or pytorch_model.bin next to config.json")
+    from safetensors.torch import load_file
+    state = {}
+    for f in files:
+        try:
+            state.update(load_file(f))
+        except Exception as e:  # safetensors' own error types
+            reason = (str(e).splitlines() or [type(e).__name__])[0][:200]
+            raise ValueError(f"{f}: not a readable safetensors file ({reason})") from None
+    return state
+
+
+# config.json settings torchaudio's encoder cannot express: (field, accepted values incl. absent)
+HF_REQUIRED = [("model_type", ("hubert", "wav2vec2", None)), ("feat_extract_norm", ("group", "layer", None)),
+               ("feat_proj_layer_norm", (True, None)), ("conv_pos_batch_norm", (False, None)),
+               ("hidden_act", ("gelu", None)), ("feat_extract_activation", ("gelu", None)),
+               ("layer_norm_eps", (1e-5, None))]
+
+
+def teacher_from_huggingface(folder):
+    """(Encoder, None) from a folder written by transformers' save_pretrained (HubertModel,
+    HubertForCTC, Wav2Vec2Model); Hugging Face files carry no HuBERT prediction head."""
+    config_path = os.path.join(folder, "config.json")
+    if not os.path.isfile(config_path):
+        raise ValueError(f"{folder}: no config.json; a Hugging Face model folder holds config.json "
+                         f"plus model.safetensors or pytorch_model.bin")
+    c = read_json(config_path)
+    bad = {k: c[k] for k, accepted in HF_REQUIRED if c.get(k) not in accepted}
+    if bad:
+        raise ValueError(f"{config_path}: unsupported settings {bad}; needs {dict(HF_REQUIRED)}")
+    preprocessor = os.path.join(folder, "preprocessor_config.json")  # absent: no normalisation
+    normalize = os.path.isfile(preprocessor) and bool(read_json(preprocessor).get("do_normalize"))
+    # Absent fields take transformers' HubertConfig defaults (HuBERT Base).
+    conv = zip(c.get("conv_dim", [512] * 7), c.get("conv_kernel", [10, 3, 3, 3, 3, 2, 2]),
+               c.get("conv_stride", [5, 2, 2, 2, 2, 2, 2]))
+    config = EncoderConfig(
+        extractor_mode=c.get("feat_extract_norm", "group") + "_norm", conv_layers=list(conv),
+        conv_bias=c.get("conv_bias", False), dim=c.get("hidden_size", 768),
+        layers=c.get("num_hidden_layers", 12), heads=c.get("num_attention_heads", 12),
+        ffn=c.get("intermediate_size", 3072), pos_conv_kernel=c.get("num_conv_pos_embeddings", 128),
+        pos_conv_groups=c.get("num_conv_pos_embedding_groups", 16),
+        layer_norm_first=c.get("do_stable_layer_norm", False), normalize_waveform=normalize,
+        **TEACHER_DROPOUTS)
+    weights = read_huggingface_weights(folder)
+    # HubertForCTC & co. nest the encoder under "hubert."; lm_head, classifier: not encoder weights
+    prefix = next((p for p in ("hubert.", "wav2vec2.") if any(k.startswith(p) for k in weights)), "")
+    state = {}
+    for key, value in weights.items():
+        if not key.startswith(prefix) or key == prefix + "masked_spec_embed":
+            continue
+        key = key[len(prefix):]
+        if key.startswith("feature_projection."):
+            key = "encoder." + key
+        elif key.startswith("encoder."):
+            key = "encoder.transformer." + key[len("encoder."):]
+        state[key] = value
+    return load_encoder_state(config, state, folder), None
+
+
+def teacher_from_torchaudio(name):
+    """(Encoder, None) from a torchaudio.pipelines bundle whose weights are already in the torch
+    hub cache (bundle.get_model() would download them; a teacher never does)."""
+    import torchaudio.pipelines
+    bundle = getattr(torchaudio.pipelines, name, None)
+    if not isinstance(bundle, torchaudio.pipelines.Wav2Vec2Bundle) or bundle._model_type != "Wav2Vec2":
+        raise ValueError(f"torchaudio:{name}: not a torchaudio wav2vec2/HuBERT bundle; try "
+                         f"torchaudio:HUBERT_BASE, torchaudio:HUBERT_LARGE or torchaudio:HUBERT_XLARGE")
+    file = os.path.basename(bundle._path)
+    path = os.path.join(torch.hub.get_dir(), "checkpoints", file)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"torchaudio:{name}: weights not in the torch hub cache ({path}); put "
+                                f"https://download.pytorch.org/torchaudio/models/{file} there, or pass a "
+                                f"local fairseq .pt or Hugging Face folder instead")
+    p = bundle._params
+    config = EncoderConfig(
+        extractor_mode=p["extractor_mode"], conv_bias=p["extractor_conv_bias"],
+        conv_layers=[tuple(c) for c in p["extractor_conv_layer_config"] or HUBERT_CNN],
+        dim=p["encoder_embed_dim"], layers=p["encoder_num_layers"], heads=p["encoder_num_heads"],
+        ffn=p["encoder_ff_interm_features"], pos_conv_kernel=p["encoder_pos_conv_kernel"],
+        pos_conv_groups=p["encoder_pos_conv_groups"], layer_norm_first=p["encoder_layer_norm_first"],
+        normalize_waveform=bundle._normalize_waveform, **TEACHER_DROPOUTS)
+    state = {k: v for k, v in load_foreign_checkpoint(path).items() if not k.startswith("aux.")}  # ASR layer
+    return load_encoder_state(config, state, path), None
+
+
+# ----------------------------------------------------------------------------------------------
+# Students
+
+
+@dataclass
+class Preset:
+    """A student recipe: its shape, how it is initialised, which teacher layers it predicts."""
+    config: dict                  # EncoderConfig overrides
+    style: str                    # "last": heads on the last layer (S&W); "layerwise": layer i -> layer i (D&T)
+    init: str                     # "layers": teacher CNN + first L layers; "cnn": CNN only; "none"
+    note: str = ""
+
+
+PRESETS = {
+    "distilhubert": Preset(dict(dim=768, layers=2, ffn=3072, heads=12), "last", "layers",
+                           "S&W, DistilHuBERT"),
+    "fithubert": Preset(dict(dim=480, layers=12, ffn=480, heads=12), "layerwise", "cnn",
+                        "D&T, FitHuBERT (the paper's main student)"),
+    "distilhubert-fbank": Preset(dict(dim=768, layers=2, ffn=3072, heads=12, frontend="fbank"),
+                                 "last", "layers", "S&W with Fbank front-end"),
+    "fithubert-fbank": Preset(dict(dim=480, layers=12, ffn=480, heads=12, frontend="fbank"),
+                              "layerwise", "none", "D&T with Fbank front-end"),
+    "tiny": Preset(dict(dim=64, layers=2, ffn=128, heads=2, pos_conv_kernel=16, pos_conv_groups=4),
+                   "last", "cnn", "for tests and quick CPU runs"),
+}
+
+
+def distill_pairs(style, student_layers, teacher_layers, target_layers=None):
+    """(student layer, teacher layer) pairs the regression heads predict.
+
+    >>> distill_pairs("last", 2, 12)       # DistilHuBERT: last layer predicts 4, 8, 12
+    [(2, 4), (2, 8), (2, 12)]
+    >>> distill_pairs("layerwise", 4, 12)  # proportional when depths differ
+    [(1, 3), (2, 6), (3, 9), (4, 12)]
+    """
+    if style == "last":
+        targets = target_layers or [round(teacher_layers * k / 3) for k in (1, 2, 3)]
+        pairs = [(student_layers, t) for t in targets]
+    elif style == "layerwise":
+        if target_layers:
+            if len(target_layers) != student_layers:
+                raise ValueError(f"--target-layers needs one teacher layer per student layer "
+                                 f"({student_layers}), got {len(target_layers)}")
+            pairs = list(zip(range(1, student_layers + 1), target_layers))
+        else:
+            pairs = [(i, round(i * teacher_layers / student_layers)) for i in range(1, student_layers + 1)]
+    else:
+        raise ValueError(f"unknown distillation style {style!r}")
+    bad = [t for _, t in pairs if not 0 <= t <= teacher_layers]
+    if bad:
+        raise ValueError(f"teacher has layers 0..{teacher_layers}; cannot target {bad}")
+    return pairs
+
+
+def build_student(preset, teacher=None, **overrides) -> Encoder:
+    """A student encoder from a preset name, initialised from `teacher` as the preset says.
+
+    With a teacher, the student takes the teacher's CNN shape (it is copied) and waveform
+    normalisation; `overrides` (e.g. layers=4, dim=256) win over both.
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"unknown student preset {preset!r}; choose from {', '.join(PRESETS)}")
+    p = PRESETS[preset]
+    cfg = dict(p.config)
+    if teacher is not None:
+        t = teacher.config
+        cfg.update(extractor_mode=t.extractor_mode, conv_layers=list(t.conv_layers),
+                   conv_bias=t.conv_bias, normalize_waveform=t.normalize_waveform)
+        if p.init == "layers":
+            cfg.update(layer_norm_first=t.layer_norm_first)
+    cfg.update({k: v for k, v in overrides.items() if v is not None})
+    student = Encoder(EncoderConfig(**cfg))
+    if teacher is not None and p.init != "none":
+        init_from_teacher(student, teacher.encoder, copy_layers=(p.init == "layers"))
+    return student
+
+
+def init_from_teacher(student: Encoder, teacher: Encoder, copy_layers: bool):
+    """Copy the teacher's CNN (if same shape) and, for S&W, projection, positional conv and the
+    first L transformer layers (DistilHuBERT's initialisation)."""
+    s, t = student.config, teacher.config
+    if s.frontend == "cnn":
+        student.feature_extractor.load_state_dict(teacher.feature_extractor.state_dict())
+    if not copy_layers:
+        return
+    if (s.dim, s.ffn, s.heads) != (t.dim, t.ffn, t.heads) or s.layers > t.layers:
+        raise ValueError(
+            f"cannot initialise a {s.layers}x{s.dim} (FFN {s.ffn}, {s.heads} heads) student from "
+            f"the layers of a {t.layers}x{t.dim} (FFN {t.ffn}, {t.heads} heads) teacher; "
+            f"match --dim/--ffn/--heads to the teacher or pick a preset that copies only the CNN")
+    if s.frontend == "cnn":
+        student.encoder.feature_projection.load_state_dict(teacher.encoder.feature_projection.state_dict())
+    st, tt = student.encoder.transformer, teacher.encoder.transformer
+    st.pos_conv_embed.load_state_dict(tt.pos_conv_embed.state_dict())
+    st.layer_norm.load_state_dict(tt.layer_norm.state_dict())
+    for i in range(s.layers):
+        st.layers[i].load_state_dict(tt.layers[i].state_dict())
+
+
+# ----------------------------------------------------------------------------------------------
+# CTC model
+
+
+@dataclass
+class CTCConfig:
+    """The CTC head and its fine-tuning masks (fairseq's hubert_ctc names in brackets)."""
+    vocab_size: int = 32              # output symbols incl. the blank (id 0): len(data.VOCAB)
+    final_dropout: float = 0.0        # dropout before the head [final_dropout]
+    mask_prob: float = 0.0            # share of real frames that start a masked time span [mask_prob]
+    mask_length: int = 10             # time span, frames of 20 ms [mask_length]
+    mask_channel_prob: float = 0.0    # share of channels that start a zeroed channel span [mask_channel_prob]
+    mask_channel_length: int = 64     # channel span, channels [mask_channel_length]
+
+
+def span_mask(lengths, size, prob, span, min_spans=0):
+    """Random spans to mask, like fairseq's compute_mask_indices with "static" spans.
+
+    Row b gets prob * lengths[b] / span spans (rounded at random, at least min_spans), each
+    `span` positions long and starting uniformly inside its first lengths[b] positions; nothing
+    at or beyond lengths[b] (padding) is masked. Spans may overlap, so the masked share is below
+    prob: about 1 - exp(-prob) on long rows (0.53 for prob 0.75). Unlike fairseq, rows keep their
+    own span counts (fairseq trims every row to the batch's smallest count) and a count that
+    rounds to zero masks nothing (where fairseq and torchaudio raise an IndexError).
+    lengths [B] long -> bool [B, size], True = masked.
+    """
+    device = lengths.device
+    num = (prob * lengths / span + torch.rand(lengths.shape, device=device)).long().clamp(min=min_spans)  # (B,)
+    N = max(int(num.max()), 1)
+    room = (lengths - span + 1).clamp(min=1)  # possible start positions per row
+    starts = (torch.rand(len(lengths), N, device=device) * room[:, None]).long()  # (B, N)
+    used = torch.arange(N, device=device)[None, :] < num[:, None]  # (B, N)
+    offset = torch.arange(size, device=device)[None, None, :] - starts[..., None]  # (B, N, size)
+    masked = ((offset >= 0) & (offset < span) & used[..., None]).any(dim=1)  # (B, size)
+    return masked & ~padding_mask(lengths, size)
+
+
+class CTCModel(nn.Module):
+    """An encoder with a linear CTC head over the characters (fairseq's HubertCtc, transformers'
+    HubertForCTC). In training mode the transformer input is masked as in fairseq's fine-tuning
+    (SpecAugment on the front-end's features): time spans of real frames take a learned
+    embedding, channel spans are zeroed; in eval mode nothing is masked."""
+
+    def __init__(self, encoder: Encoder, config: CTCConfig = None):
+        super().__init__()
+        self.config = config or CTCConfig()
+        self.encoder = encoder
+        dim = encoder.config.dim
+        self.mask_embedding = nn.Parameter(torch.empty(dim).uniform_())  # fairseq's initialisation
+        self.dropout = nn.Dropout(self.config.final_dropout)
+        self.proj = nn.Linear(dim, self.config.vocab_size)
+        nn.init.xavier_uniform_(self.proj.weight)  # fairseq's Linear() for the CTC head
+        nn.init.zeros_(self.proj.bias)
+
+    def apply_mask(self, x, frame_lengths):
+        """x [B, T, D] -> x with time spans (real frames only) set to the mask embedding and channel
+        spans set to 0, as fairseq's HubertModel.apply_mask."""
+        B, T, D = x.shape
+        c = self.config
+        if c.mask_prob > 0:
+            time = span_mask(frame_lengths, T, c.mask_prob, c.mask_length, min_spans=2)  # (B, T)
+            x = torch.where(time[..., None], self.mask_embedding.to(x.dtype), x)
+        if c.mask_channel_prob > 0:
+            all_channels = torch.full_like(frame_lengths, D)
+            channels = span_mask(all_channels, D, c.mask_channel_prob, c.mask_channel_length)  # (B, D)
+            x = x.masked_fill(channels[:, None, :], 0.0)
+        return x
+
+    def forward(self, waves, lengths):
+        """(waves [B, S], lengths [B]) -> (log-probs [B, T, V], frame_lengths [B])."""
+        x, frame_lengths = self.encoder.frontend(waves, lengths)  # (B, T, D)
+        if self.training:
+            x = self.apply_mask(x, frame_lengths)
+        hidden, frame_lengths = self.encoder.transformer_layers(x, frame_lengths)
+        logits = self.proj(self.dropout(hidden[-1]))  # (B, T, V)
+        return logits.log_softmax(-1), frame_lengths
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI: the preset table
+
+
+def preset_table():
+    rows = [f"{'preset':<20} {'layers':>6} {'dim':>5} {'FFN':>5} {'heads':>5} {'front-end':>9} "
+            f"{'params (M)':>10}  note"]
+    for name, p in PRESETS.items():
+        c = EncoderConfig(**p.config)
+        n = count_parameters(Encoder(c)) / 1e6
+        rows.append(f"{name:<20} {c.layers:>6} {c.dim:>5} {c.ffn:>5} {c.heads:>5} {c.frontend:>9} "
+                    f"{n:>10.2f}  {p.note}")
+    return "\n".join(rows)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Print the student presets (encoder parameters, "
+                                     "HuBERT CNN, distillation heads not counted).",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.parse_args(argv)
+    print(preset_table())
+
+
+if __name__ == "__main__":
+    main()
