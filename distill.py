@@ -12,12 +12,10 @@ Runs unchanged under `torchrun --nproc_per_node=N distill.py ...` (DistributedDa
 """
 import argparse
 import json
-import math
 import os
 import random
 import sys
 import time
-from dataclasses import asdict
 
 import numpy as np
 import torch

@@ -27,6 +27,7 @@ import jiwer
 import torch
 from tqdm import tqdm
 
+import checkpoints
 import data
 import model
 from distill import Logger, all_finite, autocast, batch_stream, rng_state, set_rng_state, setup, start_run
@@ -261,87 +262,6 @@ def evaluate(ctc, utterances, device, batch_seconds, decode=greedy_decode, desc=
 
 
 # ----------------------------------------------------------------------------------------------
-# Export to transformers (HubertForCTC): config.json, model.safetensors and the processor files
-
-# Our CTCModel parameter names -> HubertForCTC's (the inverse of the prefix moves in
-# model.teacher_from_huggingface). The positional conv keeps the weight_g / weight_v names of the
-# published HuBERT checkpoints, which every transformers version reads.
-HF_PREFIXES = [("encoder.feature_extractor.", "hubert.feature_extractor."),
-               ("encoder.encoder.feature_projection.", "hubert.feature_projection."),
-               ("encoder.encoder.transformer.", "hubert.encoder."),
-               ("mask_embedding", "hubert.masked_spec_embed"), ("proj.", "lm_head.")]
-
-
-def huggingface_name(key):
-    """e.g. "encoder.encoder.transformer.layers.0.attention.q_proj.weight" -> "hubert.encoder.layers.0.attention.q_proj.weight"."""
-    for ours, theirs in HF_PREFIXES:
-        if key.startswith(ours):
-            key = theirs + key[len(ours):]
-            return key.replace("parametrizations.weight.original0", "weight_g").replace(
-                "parametrizations.weight.original1", "weight_v")
-    raise KeyError(f"no transformers name for parameter {key}")
-
-
-def huggingface_config(ctc):
-    """config.json of HubertForCTC, field by field from EncoderConfig and CTCConfig."""
-    c, m = ctc.encoder.config, ctc.config
-    channels, kernels, strides = zip(*c.conv_layers)
-    return {
-        "architectures": ["HubertForCTC"], "model_type": "hubert",
-        "vocab_size": m.vocab_size, "pad_token_id": data.BLANK,
-        "bos_token_id": data.VOCAB.index("<s>"), "eos_token_id": data.VOCAB.index("</s>"),
-        "feat_extract_norm": c.extractor_mode.replace("_norm", ""), "feat_extract_activation": "gelu",
-        "conv_dim": list(channels), "conv_kernel": list(kernels), "conv_stride": list(strides),
-        "conv_bias": c.conv_bias, "num_feat_extract_layers": len(c.conv_layers),
-        "feat_proj_layer_norm": True, "feat_proj_dropout": c.dropout,
-        "hidden_size": c.dim, "num_hidden_layers": c.layers, "num_attention_heads": c.heads,
-        "intermediate_size": c.ffn, "hidden_act": "gelu", "layer_norm_eps": 1e-5,
-        "num_conv_pos_embeddings": c.pos_conv_kernel, "num_conv_pos_embedding_groups": c.pos_conv_groups,
-        "conv_pos_batch_norm": False, "do_stable_layer_norm": c.layer_norm_first,
-        "hidden_dropout": c.dropout, "attention_dropout": c.attention_dropout,
-        "activation_dropout": c.activation_dropout, "layerdrop": c.layerdrop, "final_dropout": m.final_dropout,
-        "apply_spec_augment": True, "mask_time_prob": m.mask_prob, "mask_time_length": m.mask_length,
-        "mask_time_min_masks": 2, "mask_feature_prob": m.mask_channel_prob,
-        "mask_feature_length": m.mask_channel_length, "mask_feature_min_masks": 0,
-        "ctc_loss_reduction": "sum", "ctc_zero_infinity": True, "use_weighted_layer_sum": False,
-    }
-
-
-def export_huggingface(ctc, out_dir):
-    """Write a folder that transformers.HubertForCTC.from_pretrained and
-    pipeline("automatic-speech-recognition", model=out_dir) load without this project."""
-    if ctc.encoder.config.frontend != "cnn":
-        raise ValueError("only CNN front-end models export to transformers: HubertForCTC has no Fbank "
-                         "front-end; keep using finetune.py --transcribe for Fbank students")
-    from safetensors.torch import save_file
-    os.makedirs(out_dir, exist_ok=True)
-    state = ctc.state_dict()
-    if ctc.config.mask_prob == 0 and ctc.config.mask_channel_prob == 0:
-        del state["mask_embedding"]  # HubertForCTC has no masked_spec_embed without masking
-    tensors = {huggingface_name(k): v.detach().cpu().contiguous() for k, v in state.items()}
-    save_file(tensors, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
-    specials = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": data.VOCAB[data.BLANK]}
-    files = {
-        "config.json": huggingface_config(ctc),
-        "vocab.json": {token: i for i, token in enumerate(data.VOCAB)},
-        "special_tokens_map.json": specials,
-        "tokenizer_config.json": {"tokenizer_class": "Wav2Vec2CTCTokenizer", **specials,
-                                  "word_delimiter_token": data.WORD_SEP, "replace_word_delimiter_char": " ",
-                                  "do_lower_case": False, "processor_class": "Wav2Vec2Processor"},
-        # Base-style (group norm) models take no attention mask in transformers, Large-style do.
-        "preprocessor_config.json": {"feature_extractor_type": "Wav2Vec2FeatureExtractor", "feature_size": 1,
-                                     "sampling_rate": data.SAMPLE_RATE, "padding_value": 0.0,
-                                     "padding_side": "right",
-                                     "do_normalize": ctc.encoder.config.normalize_waveform,
-                                     "return_attention_mask": ctc.encoder.config.extractor_mode == "layer_norm",
-                                     "processor_class": "Wav2Vec2Processor"},
-    }
-    for name, content in files.items():
-        with open(os.path.join(out_dir, name), "w") as f:
-            json.dump(content, f, indent=2)
-
-
-# ----------------------------------------------------------------------------------------------
 # Modes
 
 
@@ -373,7 +293,7 @@ def run_transcribe(args):
 def run_export(args):
     ckpt_path, out_dir = args.export_hf
     try:
-        export_huggingface(load_ctc(ckpt_path), out_dir)
+        checkpoints.export_huggingface(load_ctc(ckpt_path), out_dir)
     except ValueError as e:
         sys.exit(f"error: {ckpt_path}: {e}")
     print(f"wrote {out_dir}: transformers.pipeline('automatic-speech-recognition', model='{out_dir}')")

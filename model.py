@@ -16,8 +16,6 @@ front-end of fbank_frontend.py in place of the waveform CNN.
     python model.py                      # the preset table with parameter counts
 """
 import argparse
-import ast
-import json
 import os
 import re
 from dataclasses import asdict, dataclass, field, fields
@@ -219,14 +217,23 @@ def save_checkpoint(obj, path):
     os.replace(tmp, path)
 
 
-def load_checkpoint(path):
-    """torch.load(weights_only=True): tensors and plain values only, never code from the file."""
+def load_checkpoint(path, allow=()):
+    """torch.load(weights_only=True): tensors and plain values only, never code from the file.
+    `allow` names the few extra classes a foreign pickle may hold (checkpoints.pickle_allow_list);
+    a pickle that names anything else (os.system, a fairseq model class) is refused unrun."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such checkpoint file")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # the pickle asked for something beyond plain data, or is junk
-        reason = str(e).strip().splitlines()[0][:200]
+        with torch.serialization.safe_globals(list(allow)):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a refused global, or not a torch file at all
+        msg = str(e)
+        refused = re.search(r"GLOBAL ([\w.]+)", msg)  # torch words it in several ways
+        other = re.search(r"WeightsUnpickler error: (.+)", msg)
+        if refused:
+            reason = f"its pickle asks for {refused.group(1)}, which is not plain data; refusing to run it"
+        else:
+            reason = (other.group(1) if other else (msg.strip().splitlines() or [type(e).__name__])[0])[:200]
         raise ValueError(f"{path}: not a loadable checkpoint ({reason})") from None
 
 
@@ -258,64 +265,6 @@ def head_from_state(state, dim):
     return head
 
 
-# ----------------------------------------------------------------------------------------------
-# Teachers from foreign checkpoints
-#
-# Each source becomes an EncoderConfig plus a state dict in torchaudio's parameter names, which
-# loads into Encoder unchanged. fairseq: keys renamed as in torchaudio's import_fairseq._map_key,
-# architecture read from the file's cfg (hydra era) or args (legacy). Hugging Face: the modules
-# already carry torchaudio's names (see torchaudio's import_huggingface); only prefixes move.
-# Nothing here imports fairseq, omegaconf or transformers, and no pickle gets to run code.
-
-TEACHER_DROPOUTS = dict(dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, layerdrop=0.0)
-POS_CONV = "encoder.transformer.pos_conv_embed.conv."  # torchaudio's weight-normed positional conv
-
-
-class FairseqObject:
-    """Inert stand-in for a fairseq class inside a checkpoint pickle (hubert_base_ls960.pt
-    pickles its label Dictionary): keeps the pickled fields as plain data, runs no code."""
-
-    def __setstate__(self, state):
-        self.__dict__.update(state if isinstance(state, dict) else {"state": state})
-
-
-FAIRSEQ_PICKLED_CLASSES = ["fairseq.data.dictionary.Dictionary"]
-
-
-def pickle_allow_list():
-    """What a fairseq pickle may name besides tensors: argparse.Namespace (legacy `args`), numpy
-    scalars, arrays and dtypes (training statistics), fairseq's Dictionary (as FairseqObject)."""
-    import numpy as np
-    try:
-        from numpy._core import multiarray  # numpy 2
-    except ImportError:
-        from numpy.core import multiarray  # numpy 1
-    allowed = [argparse.Namespace, np.ndarray, np.dtype]
-    allowed += sorted({type(np.dtype(c)) for c in "?bBhHiIlLqQefdgFDGUS"}, key=str)  # Float64DType, ...
-    for fn in (multiarray.scalar, multiarray._reconstruct):  # files from numpy 1 and 2 spell them apart
-        allowed += [(fn, f"numpy.{core}.multiarray.{fn.__name__}") for core in ("core", "_core")]
-    return allowed + [(FairseqObject, name) for name in FAIRSEQ_PICKLED_CLASSES]
-
-
-def load_foreign_checkpoint(path):
-    """torch.load(weights_only=True) with the allow-list above: a pickle that names anything else
-    (os.system, a fairseq model class) is refused before anything in it runs."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such checkpoint file")
-    try:
-        with torch.serialization.safe_globals(pickle_allow_list()):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a refused global, or not a torch file at all
-        msg = str(e)
-        refused = re.search(r"GLOBAL ([\w.]+)", msg)  # torch words it in several ways
-        other = re.search(r"WeightsUnpickler error: (.+)", msg)
-        if refused:
-            reason = f"its pickle asks for {refused.group(1)}, which is not plain data; refusing to run it"
-        else:
-            reason = (other.group(1) if other else (msg.strip().splitlines() or [type(e).__name__])[0])[:200]
-        raise ValueError(f"{path}: not a loadable checkpoint ({reason})") from None
-
-
 def load_teacher(src: str) -> Teacher:
     """A frozen teacher (eval mode, no gradients) from any of these sources:
 
@@ -326,251 +275,26 @@ def load_teacher(src: str) -> Teacher:
       torchaudio:HUBERT_BASE (nothing is downloaded);
     - a checkpoint of this project (kind teacher, student or ctc).
     """
+    import checkpoints  # the foreign formats; imported here because they import this file
     if src.startswith("torchaudio:"):
-        encoder, head = teacher_from_torchaudio(src[len("torchaudio:"):])
+        encoder, head = checkpoints.teacher_from_torchaudio(src[len("torchaudio:"):])
     elif os.path.isdir(src):
-        encoder, head = teacher_from_huggingface(src)
+        encoder, head = checkpoints.teacher_from_huggingface(src)
     elif not os.path.exists(src):
         raise FileNotFoundError(f"{src}: no such file or folder; pass a fairseq .pt, a Hugging Face "
                                 f"folder, torchaudio:HUBERT_BASE or a checkpoint of this project")
     else:
-        ckpt = load_foreign_checkpoint(src)
+        ckpt = load_checkpoint(src, allow=checkpoints.pickle_allow_list())
         if isinstance(ckpt, dict) and "format" in ckpt:
             encoder = encoder_from_checkpoint(ckpt, src)
             head = head_from_state(ckpt.get("head"), encoder.config.dim)
         elif isinstance(ckpt, dict) and "model" in ckpt and ("cfg" in ckpt or "args" in ckpt):
-            encoder, head = teacher_from_fairseq(ckpt, src)
+            encoder, head = checkpoints.teacher_from_fairseq(ckpt, src)
         else:
             found = sorted(map(str, ckpt))[:6] if isinstance(ckpt, dict) else type(ckpt).__name__
             raise ValueError(f"{src}: unknown checkpoint layout ({found}); expected a fairseq checkpoint "
                              f"('model' with 'cfg' or 'args') or a checkpoint of this project")
     return Teacher(encoder, head, source=src)
-
-
-def state_dict_error(e):
-    """The informative part of load_state_dict's RuntimeError, on one line."""
-    return " ".join(str(e).split()).replace("Error(s) in loading state_dict for ", "")[:300]
-
-
-def load_encoder_state(config, state, path):
-    """Encoder(config) with `state` (torchaudio names) loaded strictly; one-line error on mismatch."""
-    state = dict(state)
-    # The positional conv is weight-normed over its kernel axis (dim 2); torchaudio registers that
-    # as a parametrization (original0 = g, original1 = v), fairseq and older files as weight_g/_v.
-    for old, new in (("weight_g", "original0"), ("weight_v", "original1")):
-        if POS_CONV + old in state:
-            state[f"{POS_CONV}parametrizations.weight.{new}"] = state.pop(POS_CONV + old)
-    if POS_CONV + "weight" in state:  # norm already folded in: v = w, g = |w| per kernel tap
-        w = state.pop(POS_CONV + "weight")
-        state[f"{POS_CONV}parametrizations.weight.original0"] = w.norm(dim=(0, 1), keepdim=True)
-        state[f"{POS_CONV}parametrizations.weight.original1"] = w
-    encoder = Encoder(config)
-    try:
-        encoder.load_state_dict(state)
-    except RuntimeError as e:
-        raise ValueError(f"{path}: weights do not fit the architecture in its config "
-                         f"({state_dict_error(e)})") from None
-    return encoder
-
-
-# fairseq name prefix -> torchaudio's (as torchaudio.models.wav2vec2.utils.import_fairseq._map_key);
-# the first rule that matches wins
-FAIRSEQ_KEYS = [
-    (r"feature_extractor\.conv_layers\.(\d+)\.0\.", r"feature_extractor.conv_layers.\1.conv."),
-    # CNN norms: LayerNorm in every layer (Large, "2.1."), or GroupNorm in the first only (Base)
-    (r"feature_extractor\.conv_layers\.(\d+)\.2\.1\.", r"feature_extractor.conv_layers.\1.layer_norm."),
-    (r"feature_extractor\.conv_layers\.0\.2\.", r"feature_extractor.conv_layers.0.layer_norm."),
-    (r"layer_norm\.", r"encoder.feature_projection.layer_norm."),
-    (r"post_extract_proj\.", r"encoder.feature_projection.projection."),
-    (r"encoder\.pos_conv\.0\.", POS_CONV),
-    (r"encoder\.layer_norm\.", r"encoder.transformer.layer_norm."),
-    (r"encoder\.layers\.(\d+)\.self_attn\.", r"encoder.transformer.layers.\1.attention."),
-    (r"encoder\.layers\.(\d+)\.self_attn_layer_norm\.", r"encoder.transformer.layers.\1.layer_norm."),
-    (r"encoder\.layers\.(\d+)\.fc1\.", r"encoder.transformer.layers.\1.feed_forward.intermediate_dense."),
-    (r"encoder\.layers\.(\d+)\.fc2\.", r"encoder.transformer.layers.\1.feed_forward.output_dense."),
-    (r"encoder\.layers\.(\d+)\.final_layer_norm\.", r"encoder.transformer.layers.\1.final_layer_norm."),
-]
-FAIRSEQ_SKIPPED = ("mask_emb", "quantizer.", "project_q.", "target_glu.",  # pre-training only
-                   "w2v_encoder.proj.")  # the CTC layer of fine-tuned files
-# fairseq's HubertConfig defaults (HuBERT Base), for fields a legacy `args` may leave out
-FAIRSEQ_DEFAULTS = dict(
-    extractor_mode="default", conv_feature_layers="[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2",
-    conv_bias=False, encoder_embed_dim=768, encoder_layers=12, encoder_attention_heads=12,
-    encoder_ffn_embed_dim=3072, conv_pos=128, conv_pos_groups=16, layer_norm_first=False,
-    activation_fn="gelu")
-
-
-def parse_conv_layers(spec):
-    """fairseq's conv_feature_layers string, parsed without eval():
-
-    >>> parse_conv_layers("[(512,10,5)] + [(512,3,2)] * 2")
-    [(512, 10, 5), (512, 3, 2), (512, 3, 2)]
-    """
-    layers = []
-    for term in "".join(str(spec).split()).split("+"):  # "[(c,k,s),...]" or "[(c,k,s),...]*n"
-        m = re.fullmatch(r"(\[[\d,()]*\])(?:\*(\d+))?", term)
-        items = ast.literal_eval(m.group(1)) if m else None
-        if not items or not all(isinstance(c, tuple) and len(c) == 3 for c in items):
-            raise ValueError(f"cannot parse conv_feature_layers {spec!r}; expected e.g. "
-                             f"'[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2'")
-        layers += items * int(m.group(2) or 1)
-    return layers
-
-
-def fairseq_architecture(ckpt, path):
-    """(model fields, task fields) of the pre-trained encoder: cfg['model'] and cfg['task']
-    (hydra era) or args (legacy); fine-tuned files nest the pre-training config in w2v_args."""
-    def plain(x):
-        return vars(x) if isinstance(x, argparse.Namespace) else dict(x or {})
-    if ckpt.get("cfg"):
-        model, task = plain(ckpt["cfg"].get("model")), plain(ckpt["cfg"].get("task"))
-    else:
-        model = task = plain(ckpt.get("args"))
-    w2v = plain(model.get("w2v_args"))
-    if w2v:  # the pre-training cfg ({"model", "task"}) or, in legacy files, its flat args
-        outer_normalize = {"normalize": task["normalize"]} if "normalize" in task else {}
-        model, task = (plain(w2v["model"]), plain(w2v.get("task"))) if "model" in w2v else (w2v, w2v)
-        task = {**task, **outer_normalize}
-    if "encoder_embed_dim" not in model:
-        raise ValueError(f"{path}: no encoder architecture (encoder_embed_dim) in cfg['model'], "
-                         f"its w2v_args or args; a fine-tuned file must embed its pre-training config")
-    return {**FAIRSEQ_DEFAULTS, **model}, task
-
-
-def teacher_from_fairseq(ckpt, path):
-    """(Encoder, PredictionHead or None) from a loaded fairseq HuBERT checkpoint dict."""
-    m, task = fairseq_architecture(ckpt, path)
-    if m["activation_fn"] != "gelu" or m["extractor_mode"] not in ("default", "layer_norm"):
-        raise ValueError(f"{path}: unsupported fairseq model (activation_fn {m['activation_fn']!r}, "
-                         f"extractor_mode {m['extractor_mode']!r}); needs gelu and default or layer_norm")
-    config = EncoderConfig(
-        extractor_mode="group_norm" if m["extractor_mode"] == "default" else "layer_norm",
-        conv_layers=parse_conv_layers(m["conv_feature_layers"]), conv_bias=bool(m["conv_bias"]),
-        dim=int(m["encoder_embed_dim"]), layers=int(m["encoder_layers"]),
-        heads=int(m["encoder_attention_heads"]), ffn=int(m["encoder_ffn_embed_dim"]),
-        pos_conv_kernel=int(m["conv_pos"]), pos_conv_groups=int(m["conv_pos_groups"]),
-        layer_norm_first=bool(m["layer_norm_first"]),
-        normalize_waveform=bool(task.get("normalize", False)), **TEACHER_DROPOUTS)
-    state, head_state = {}, {}
-    for key, value in ckpt["model"].items():
-        key = re.sub(r"^(w2v_encoder\.)?w2v_model\.", "", key)  # fine-tuned files nest the encoder
-        if key in ("final_proj.weight", "final_proj.bias"):
-            head_state[key] = value
-        elif key == "label_embs_concat":
-            head_state["codewords"] = value
-        elif not key.startswith(FAIRSEQ_SKIPPED):
-            rule = next((r for r in FAIRSEQ_KEYS if re.match(r[0], key)), None)
-            if rule is None:
-                raise ValueError(f"{path}: unexpected parameter {key!r}; not a fairseq HuBERT encoder?")
-            state[re.sub(rule[0], rule[1], key, count=1)] = value
-    encoder = load_encoder_state(config, state, path)
-    if len(head_state) < 3:  # fine-tuned files drop final_proj: no head
-        return encoder, None
-    try:
-        return encoder, head_from_state(head_state, config.dim)
-    except RuntimeError as e:
-        raise ValueError(f"{path}: final_proj does not fit label_embs_concat "
-                         f"({state_dict_error(e)})") from None
-
-
-def read_json(path):
-    with open(path) as f:
-        return json.load(f)
-
-
-def read_huggingface_weights(folder):
-    """State dict of a Hugging Face folder: safetensors (one file or shards) or pytorch_model.bin."""
-    single, index = (os.path.join(folder, f) for f in ("model.safetensors", "model.safetensors.index.json"))
-    if os.path.isfile(single):
-        files = [single]
-    elif os.path.isfile(index):
-        files = sorted({os.path.join(folder, f) for f in read_json(index)["weight_map"].values()})
-    elif os.path.isfile(os.path.join(folder, "pytorch_model.bin")):
-        return load_foreign_checkpoint(os.path.join(folder, "pytorch_model.bin"))
-    else:
-        raise FileNotFoundError(f"{folder}: no model.safetensors or pytorch_model.bin next to config.json")
-    from safetensors.torch import load_file
-    state = {}
-    for f in files:
-        try:
-            state.update(load_file(f))
-        except Exception as e:  # safetensors' own error types
-            reason = (str(e).splitlines() or [type(e).__name__])[0][:200]
-            raise ValueError(f"{f}: not a readable safetensors file ({reason})") from None
-    return state
-
-
-# config.json settings torchaudio's encoder cannot express: (field, accepted values incl. absent)
-HF_REQUIRED = [("model_type", ("hubert", "wav2vec2", None)), ("feat_extract_norm", ("group", "layer", None)),
-               ("feat_proj_layer_norm", (True, None)), ("conv_pos_batch_norm", (False, None)),
-               ("hidden_act", ("gelu", None)), ("feat_extract_activation", ("gelu", None)),
-               ("layer_norm_eps", (1e-5, None))]
-
-
-def teacher_from_huggingface(folder):
-    """(Encoder, None) from a folder written by transformers' save_pretrained (HubertModel,
-    HubertForCTC, Wav2Vec2Model); Hugging Face files carry no HuBERT prediction head."""
-    config_path = os.path.join(folder, "config.json")
-    if not os.path.isfile(config_path):
-        raise ValueError(f"{folder}: no config.json; a Hugging Face model folder holds config.json "
-                         f"plus model.safetensors or pytorch_model.bin")
-    c = read_json(config_path)
-    bad = {k: c[k] for k, accepted in HF_REQUIRED if c.get(k) not in accepted}
-    if bad:
-        raise ValueError(f"{config_path}: unsupported settings {bad}; needs {dict(HF_REQUIRED)}")
-    preprocessor = os.path.join(folder, "preprocessor_config.json")  # absent: no normalisation
-    normalize = os.path.isfile(preprocessor) and bool(read_json(preprocessor).get("do_normalize"))
-    # Absent fields take transformers' HubertConfig defaults (HuBERT Base).
-    conv = zip(c.get("conv_dim", [512] * 7), c.get("conv_kernel", [10, 3, 3, 3, 3, 2, 2]),
-               c.get("conv_stride", [5, 2, 2, 2, 2, 2, 2]))
-    config = EncoderConfig(
-        extractor_mode=c.get("feat_extract_norm", "group") + "_norm", conv_layers=list(conv),
-        conv_bias=c.get("conv_bias", False), dim=c.get("hidden_size", 768),
-        layers=c.get("num_hidden_layers", 12), heads=c.get("num_attention_heads", 12),
-        ffn=c.get("intermediate_size", 3072), pos_conv_kernel=c.get("num_conv_pos_embeddings", 128),
-        pos_conv_groups=c.get("num_conv_pos_embedding_groups", 16),
-        layer_norm_first=c.get("do_stable_layer_norm", False), normalize_waveform=normalize,
-        **TEACHER_DROPOUTS)
-    weights = read_huggingface_weights(folder)
-    # HubertForCTC & co. nest the encoder under "hubert."; lm_head, classifier: not encoder weights
-    prefix = next((p for p in ("hubert.", "wav2vec2.") if any(k.startswith(p) for k in weights)), "")
-    state = {}
-    for key, value in weights.items():
-        if not key.startswith(prefix) or key == prefix + "masked_spec_embed":
-            continue
-        key = key[len(prefix):]
-        if key.startswith("feature_projection."):
-            key = "encoder." + key
-        elif key.startswith("encoder."):
-            key = "encoder.transformer." + key[len("encoder."):]
-        state[key] = value
-    return load_encoder_state(config, state, folder), None
-
-
-def teacher_from_torchaudio(name):
-    """(Encoder, None) from a torchaudio.pipelines bundle whose weights are already in the torch
-    hub cache (bundle.get_model() would download them; a teacher never does)."""
-    import torchaudio.pipelines
-    bundle = getattr(torchaudio.pipelines, name, None)
-    if not isinstance(bundle, torchaudio.pipelines.Wav2Vec2Bundle) or bundle._model_type != "Wav2Vec2":
-        raise ValueError(f"torchaudio:{name}: not a torchaudio wav2vec2/HuBERT bundle; try "
-                         f"torchaudio:HUBERT_BASE, torchaudio:HUBERT_LARGE or torchaudio:HUBERT_XLARGE")
-    file = os.path.basename(bundle._path)
-    path = os.path.join(torch.hub.get_dir(), "checkpoints", file)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"torchaudio:{name}: weights not in the torch hub cache ({path}); put "
-                                f"https://download.pytorch.org/torchaudio/models/{file} there, or pass a "
-                                f"local fairseq .pt or Hugging Face folder instead")
-    p = bundle._params
-    config = EncoderConfig(
-        extractor_mode=p["extractor_mode"], conv_bias=p["extractor_conv_bias"],
-        conv_layers=[tuple(c) for c in p["extractor_conv_layer_config"] or HUBERT_CNN],
-        dim=p["encoder_embed_dim"], layers=p["encoder_num_layers"], heads=p["encoder_num_heads"],
-        ffn=p["encoder_ff_interm_features"], pos_conv_kernel=p["encoder_pos_conv_kernel"],
-        pos_conv_groups=p["encoder_pos_conv_groups"], layer_norm_first=p["encoder_layer_norm_first"],
-        normalize_waveform=bundle._normalize_waveform, **TEACHER_DROPOUTS)
-    state = {k: v for k, v in load_foreign_checkpoint(path).items() if not k.startswith("aux.")}  # ASR layer
-    return load_encoder_state(config, state, path), None
 
 
 # ----------------------------------------------------------------------------------------------

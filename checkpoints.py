@@ -1,0 +1,364 @@
+"""Foreign checkpoint formats: HuBERT teachers from fairseq, Hugging Face and torchaudio files,
+and fine-tuned students written back out as a transformers HubertForCTC folder.
+
+model.load_teacher(src) is the entry point for reading; it calls the readers here. Nothing here
+imports fairseq, omegaconf or transformers, and no pickle gets to run code.
+
+    python -c "import model; print(model.load_teacher('hubert_base_ls960.pt').config)"
+    python finetune.py --export-hf runs/tiny-ctc/best.pt hf-tiny      # export_huggingface
+"""
+import argparse
+import ast
+import json
+import os
+import re
+
+import torch
+
+import data
+from model import HUBERT_CNN, Encoder, EncoderConfig, head_from_state, load_checkpoint
+
+# ----------------------------------------------------------------------------------------------
+# Reading teachers
+#
+# Each source becomes an EncoderConfig plus a state dict in torchaudio's parameter names, which
+# loads into Encoder unchanged. fairseq: keys renamed as in torchaudio's import_fairseq._map_key,
+# architecture read from the file's cfg (hydra era) or args (legacy). Hugging Face: the modules
+# already carry torchaudio's names (see torchaudio's import_huggingface); only prefixes move.
+# Nothing here imports fairseq, omegaconf or transformers, and no pickle gets to run code.
+
+TEACHER_DROPOUTS = dict(dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, layerdrop=0.0)
+POS_CONV = "encoder.transformer.pos_conv_embed.conv."  # torchaudio's weight-normed positional conv
+
+
+class FairseqObject:
+    """Inert stand-in for a fairseq class inside a checkpoint pickle (hubert_base_ls960.pt
+    pickles its label Dictionary): keeps the pickled fields as plain data, runs no code."""
+
+    def __setstate__(self, state):
+        self.__dict__.update(state if isinstance(state, dict) else {"state": state})
+
+
+FAIRSEQ_PICKLED_CLASSES = ["fairseq.data.dictionary.Dictionary"]
+
+
+def pickle_allow_list():
+    """What a fairseq pickle may name besides tensors: argparse.Namespace (legacy `args`), numpy
+    scalars, arrays and dtypes (training statistics), fairseq's Dictionary (as FairseqObject)."""
+    import numpy as np
+    try:
+        from numpy._core import multiarray  # numpy 2
+    except ImportError:
+        from numpy.core import multiarray  # numpy 1
+    allowed = [argparse.Namespace, np.ndarray, np.dtype]
+    allowed += sorted({type(np.dtype(c)) for c in "?bBhHiIlLqQefdgFDGUS"}, key=str)  # Float64DType, ...
+    for fn in (multiarray.scalar, multiarray._reconstruct):  # files from numpy 1 and 2 spell them apart
+        allowed += [(fn, f"numpy.{core}.multiarray.{fn.__name__}") for core in ("core", "_core")]
+    return allowed + [(FairseqObject, name) for name in FAIRSEQ_PICKLED_CLASSES]
+
+
+def state_dict_error(e):
+    """The informative part of load_state_dict's RuntimeError, on one line."""
+    return " ".join(str(e).split()).replace("Error(s) in loading state_dict for ", "")[:300]
+
+
+def load_encoder_state(config, state, path):
+    """Encoder(config) with `state` (torchaudio names) loaded strictly; one-line error on mismatch."""
+    state = dict(state)
+    # The positional conv is weight-normed over its kernel axis (dim 2); torchaudio registers that
+    # as a parametrization (original0 = g, original1 = v), fairseq and older files as weight_g/_v.
+    for old, new in (("weight_g", "original0"), ("weight_v", "original1")):
+        if POS_CONV + old in state:
+            state[f"{POS_CONV}parametrizations.weight.{new}"] = state.pop(POS_CONV + old)
+    if POS_CONV + "weight" in state:  # norm already folded in: v = w, g = |w| per kernel tap
+        w = state.pop(POS_CONV + "weight")
+        state[f"{POS_CONV}parametrizations.weight.original0"] = w.norm(dim=(0, 1), keepdim=True)
+        state[f"{POS_CONV}parametrizations.weight.original1"] = w
+    encoder = Encoder(config)
+    try:
+        encoder.load_state_dict(state)
+    except RuntimeError as e:
+        raise ValueError(f"{path}: weights do not fit the architecture in its config "
+                         f"({state_dict_error(e)})") from None
+    return encoder
+
+
+# fairseq name prefix -> torchaudio's (as torchaudio.models.wav2vec2.utils.import_fairseq._map_key);
+# the first rule that matches wins
+FAIRSEQ_KEYS = [
+    (r"feature_extractor\.conv_layers\.(\d+)\.0\.", r"feature_extractor.conv_layers.\1.conv."),
+    # CNN norms: LayerNorm in every layer (Large, "2.1."), or GroupNorm in the first only (Base)
+    (r"feature_extractor\.conv_layers\.(\d+)\.2\.1\.", r"feature_extractor.conv_layers.\1.layer_norm."),
+    (r"feature_extractor\.conv_layers\.0\.2\.", r"feature_extractor.conv_layers.0.layer_norm."),
+    (r"layer_norm\.", r"encoder.feature_projection.layer_norm."),
+    (r"post_extract_proj\.", r"encoder.feature_projection.projection."),
+    (r"encoder\.pos_conv\.0\.", POS_CONV),
+    (r"encoder\.layer_norm\.", r"encoder.transformer.layer_norm."),
+    (r"encoder\.layers\.(\d+)\.self_attn\.", r"encoder.transformer.layers.\1.attention."),
+    (r"encoder\.layers\.(\d+)\.self_attn_layer_norm\.", r"encoder.transformer.layers.\1.layer_norm."),
+    (r"encoder\.layers\.(\d+)\.fc1\.", r"encoder.transformer.layers.\1.feed_forward.intermediate_dense."),
+    (r"encoder\.layers\.(\d+)\.fc2\.", r"encoder.transformer.layers.\1.feed_forward.output_dense."),
+    (r"encoder\.layers\.(\d+)\.final_layer_norm\.", r"encoder.transformer.layers.\1.final_layer_norm."),
+]
+FAIRSEQ_SKIPPED = ("mask_emb", "quantizer.", "project_q.", "target_glu.",  # pre-training only
+                   "w2v_encoder.proj.")  # the CTC layer of fine-tuned files
+# fairseq's HubertConfig defaults (HuBERT Base), for fields a legacy `args` may leave out
+FAIRSEQ_DEFAULTS = dict(
+    extractor_mode="default", conv_feature_layers="[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2",
+    conv_bias=False, encoder_embed_dim=768, encoder_layers=12, encoder_attention_heads=12,
+    encoder_ffn_embed_dim=3072, conv_pos=128, conv_pos_groups=16, layer_norm_first=False,
+    activation_fn="gelu")
+
+
+def parse_conv_layers(spec):
+    """fairseq's conv_feature_layers string, parsed without eval():
+
+    >>> parse_conv_layers("[(512,10,5)] + [(512,3,2)] * 2")
+    [(512, 10, 5), (512, 3, 2), (512, 3, 2)]
+    """
+    layers = []
+    for term in "".join(str(spec).split()).split("+"):  # "[(c,k,s),...]" or "[(c,k,s),...]*n"
+        m = re.fullmatch(r"(\[[\d,()]*\])(?:\*(\d+))?", term)
+        items = ast.literal_eval(m.group(1)) if m else None
+        if not items or not all(isinstance(c, tuple) and len(c) == 3 for c in items):
+            raise ValueError(f"cannot parse conv_feature_layers {spec!r}; expected e.g. "
+                             f"'[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2'")
+        layers += items * int(m.group(2) or 1)
+    return layers
+
+
+def fairseq_architecture(ckpt, path):
+    """(model fields, task fields) of the pre-trained encoder: cfg['model'] and cfg['task']
+    (hydra era) or args (legacy); fine-tuned files nest the pre-training config in w2v_args."""
+    def plain(x):
+        return vars(x) if isinstance(x, argparse.Namespace) else dict(x or {})
+    if ckpt.get("cfg"):
+        model, task = plain(ckpt["cfg"].get("model")), plain(ckpt["cfg"].get("task"))
+    else:
+        model = task = plain(ckpt.get("args"))
+    w2v = plain(model.get("w2v_args"))
+    if w2v:  # the pre-training cfg ({"model", "task"}) or, in legacy files, its flat args
+        outer_normalize = {"normalize": task["normalize"]} if "normalize" in task else {}
+        model, task = (plain(w2v["model"]), plain(w2v.get("task"))) if "model" in w2v else (w2v, w2v)
+        task = {**task, **outer_normalize}
+    if "encoder_embed_dim" not in model:
+        raise ValueError(f"{path}: no encoder architecture (encoder_embed_dim) in cfg['model'], "
+                         f"its w2v_args or args; a fine-tuned file must embed its pre-training config")
+    return {**FAIRSEQ_DEFAULTS, **model}, task
+
+
+def teacher_from_fairseq(ckpt, path):
+    """(Encoder, PredictionHead or None) from a loaded fairseq HuBERT checkpoint dict."""
+    m, task = fairseq_architecture(ckpt, path)
+    if m["activation_fn"] != "gelu" or m["extractor_mode"] not in ("default", "layer_norm"):
+        raise ValueError(f"{path}: unsupported fairseq model (activation_fn {m['activation_fn']!r}, "
+                         f"extractor_mode {m['extractor_mode']!r}); needs gelu and default or layer_norm")
+    config = EncoderConfig(
+        extractor_mode="group_norm" if m["extractor_mode"] == "default" else "layer_norm",
+        conv_layers=parse_conv_layers(m["conv_feature_layers"]), conv_bias=bool(m["conv_bias"]),
+        dim=int(m["encoder_embed_dim"]), layers=int(m["encoder_layers"]),
+        heads=int(m["encoder_attention_heads"]), ffn=int(m["encoder_ffn_embed_dim"]),
+        pos_conv_kernel=int(m["conv_pos"]), pos_conv_groups=int(m["conv_pos_groups"]),
+        layer_norm_first=bool(m["layer_norm_first"]),
+        normalize_waveform=bool(task.get("normalize", False)), **TEACHER_DROPOUTS)
+    state, head_state = {}, {}
+    for key, value in ckpt["model"].items():
+        key = re.sub(r"^(w2v_encoder\.)?w2v_model\.", "", key)  # fine-tuned files nest the encoder
+        if key in ("final_proj.weight", "final_proj.bias"):
+            head_state[key] = value
+        elif key == "label_embs_concat":
+            head_state["codewords"] = value
+        elif not key.startswith(FAIRSEQ_SKIPPED):
+            rule = next((r for r in FAIRSEQ_KEYS if re.match(r[0], key)), None)
+            if rule is None:
+                raise ValueError(f"{path}: unexpected parameter {key!r}; not a fairseq HuBERT encoder?")
+            state[re.sub(rule[0], rule[1], key, count=1)] = value
+    encoder = load_encoder_state(config, state, path)
+    if len(head_state) < 3:  # fine-tuned files drop final_proj: no head
+        return encoder, None
+    try:
+        return encoder, head_from_state(head_state, config.dim)
+    except RuntimeError as e:
+        raise ValueError(f"{path}: final_proj does not fit label_embs_concat "
+                         f"({state_dict_error(e)})") from None
+
+
+def read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def read_huggingface_weights(folder):
+    """State dict of a Hugging Face folder: safetensors (one file or shards) or pytorch_model.bin."""
+    single, index = (os.path.join(folder, f) for f in ("model.safetensors", "model.safetensors.index.json"))
+    if os.path.isfile(single):
+        files = [single]
+    elif os.path.isfile(index):
+        files = sorted({os.path.join(folder, f) for f in read_json(index)["weight_map"].values()})
+    elif os.path.isfile(os.path.join(folder, "pytorch_model.bin")):
+        return load_checkpoint(os.path.join(folder, "pytorch_model.bin"), allow=pickle_allow_list())
+    else:
+        raise FileNotFoundError(f"{folder}: no model.safetensors or pytorch_model.bin next to config.json")
+    from safetensors.torch import load_file
+    state = {}
+    for f in files:
+        try:
+            state.update(load_file(f))
+        except Exception as e:  # safetensors' own error types
+            reason = (str(e).splitlines() or [type(e).__name__])[0][:200]
+            raise ValueError(f"{f}: not a readable safetensors file ({reason})") from None
+    return state
+
+
+# config.json settings torchaudio's encoder cannot express: (field, accepted values incl. absent)
+HF_REQUIRED = [("model_type", ("hubert", "wav2vec2", None)), ("feat_extract_norm", ("group", "layer", None)),
+               ("feat_proj_layer_norm", (True, None)), ("conv_pos_batch_norm", (False, None)),
+               ("hidden_act", ("gelu", None)), ("feat_extract_activation", ("gelu", None)),
+               ("layer_norm_eps", (1e-5, None))]
+
+
+def teacher_from_huggingface(folder):
+    """(Encoder, None) from a folder written by transformers' save_pretrained (HubertModel,
+    HubertForCTC, Wav2Vec2Model); Hugging Face files carry no HuBERT prediction head."""
+    config_path = os.path.join(folder, "config.json")
+    if not os.path.isfile(config_path):
+        raise ValueError(f"{folder}: no config.json; a Hugging Face model folder holds config.json "
+                         f"plus model.safetensors or pytorch_model.bin")
+    c = read_json(config_path)
+    bad = {k: c[k] for k, accepted in HF_REQUIRED if c.get(k) not in accepted}
+    if bad:
+        raise ValueError(f"{config_path}: unsupported settings {bad}; needs {dict(HF_REQUIRED)}")
+    preprocessor = os.path.join(folder, "preprocessor_config.json")  # absent: no normalisation
+    normalize = os.path.isfile(preprocessor) and bool(read_json(preprocessor).get("do_normalize"))
+    # Absent fields take transformers' HubertConfig defaults (HuBERT Base).
+    conv = zip(c.get("conv_dim", [512] * 7), c.get("conv_kernel", [10, 3, 3, 3, 3, 2, 2]),
+               c.get("conv_stride", [5, 2, 2, 2, 2, 2, 2]))
+    config = EncoderConfig(
+        extractor_mode=c.get("feat_extract_norm", "group") + "_norm", conv_layers=list(conv),
+        conv_bias=c.get("conv_bias", False), dim=c.get("hidden_size", 768),
+        layers=c.get("num_hidden_layers", 12), heads=c.get("num_attention_heads", 12),
+        ffn=c.get("intermediate_size", 3072), pos_conv_kernel=c.get("num_conv_pos_embeddings", 128),
+        pos_conv_groups=c.get("num_conv_pos_embedding_groups", 16),
+        layer_norm_first=c.get("do_stable_layer_norm", False), normalize_waveform=normalize,
+        **TEACHER_DROPOUTS)
+    weights = read_huggingface_weights(folder)
+    # HubertForCTC & co. nest the encoder under "hubert."; lm_head, classifier: not encoder weights
+    prefix = next((p for p in ("hubert.", "wav2vec2.") if any(k.startswith(p) for k in weights)), "")
+    state = {}
+    for key, value in weights.items():
+        if not key.startswith(prefix) or key == prefix + "masked_spec_embed":
+            continue
+        key = key[len(prefix):]
+        if key.startswith("feature_projection."):
+            key = "encoder." + key
+        elif key.startswith("encoder."):
+            key = "encoder.transformer." + key[len("encoder."):]
+        state[key] = value
+    return load_encoder_state(config, state, folder), None
+
+
+def teacher_from_torchaudio(name):
+    """(Encoder, None) from a torchaudio.pipelines bundle whose weights are already in the torch
+    hub cache (bundle.get_model() would download them; a teacher never does)."""
+    import torchaudio.pipelines
+    bundle = getattr(torchaudio.pipelines, name, None)
+    if not isinstance(bundle, torchaudio.pipelines.Wav2Vec2Bundle) or bundle._model_type != "Wav2Vec2":
+        raise ValueError(f"torchaudio:{name}: not a torchaudio wav2vec2/HuBERT bundle; try "
+                         f"torchaudio:HUBERT_BASE, torchaudio:HUBERT_LARGE or torchaudio:HUBERT_XLARGE")
+    file = os.path.basename(bundle._path)
+    path = os.path.join(torch.hub.get_dir(), "checkpoints", file)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"torchaudio:{name}: weights not in the torch hub cache ({path}); put "
+                                f"https://download.pytorch.org/torchaudio/models/{file} there, or pass a "
+                                f"local fairseq .pt or Hugging Face folder instead")
+    p = bundle._params
+    config = EncoderConfig(
+        extractor_mode=p["extractor_mode"], conv_bias=p["extractor_conv_bias"],
+        conv_layers=[tuple(c) for c in p["extractor_conv_layer_config"] or HUBERT_CNN],
+        dim=p["encoder_embed_dim"], layers=p["encoder_num_layers"], heads=p["encoder_num_heads"],
+        ffn=p["encoder_ff_interm_features"], pos_conv_kernel=p["encoder_pos_conv_kernel"],
+        pos_conv_groups=p["encoder_pos_conv_groups"], layer_norm_first=p["encoder_layer_norm_first"],
+        normalize_waveform=bundle._normalize_waveform, **TEACHER_DROPOUTS)
+    state = {k: v for k, v in load_checkpoint(path, allow=pickle_allow_list()).items() if not k.startswith("aux.")}  # ASR layer
+    return load_encoder_state(config, state, path), None
+
+
+# ----------------------------------------------------------------------------------------------
+# Export to transformers (HubertForCTC): config.json, model.safetensors and the processor files
+
+# Our CTCModel parameter names -> HubertForCTC's (the inverse of the prefix moves in
+# teacher_from_huggingface). The positional conv keeps the weight_g / weight_v names of the
+# published HuBERT checkpoints, which every transformers version reads.
+HF_PREFIXES = [("encoder.feature_extractor.", "hubert.feature_extractor."),
+               ("encoder.encoder.feature_projection.", "hubert.feature_projection."),
+               ("encoder.encoder.transformer.", "hubert.encoder."),
+               ("mask_embedding", "hubert.masked_spec_embed"), ("proj.", "lm_head.")]
+
+
+def huggingface_name(key):
+    """e.g. "encoder.encoder.transformer.layers.0.attention.q_proj.weight" -> "hubert.encoder.layers.0.attention.q_proj.weight"."""
+    for ours, theirs in HF_PREFIXES:
+        if key.startswith(ours):
+            key = theirs + key[len(ours):]
+            return key.replace("parametrizations.weight.original0", "weight_g").replace(
+                "parametrizations.weight.original1", "weight_v")
+    raise KeyError(f"no transformers name for parameter {key}")
+
+
+def huggingface_config(ctc):
+    """config.json of HubertForCTC, field by field from EncoderConfig and CTCConfig."""
+    c, m = ctc.encoder.config, ctc.config
+    channels, kernels, strides = zip(*c.conv_layers)
+    return {
+        "architectures": ["HubertForCTC"], "model_type": "hubert",
+        "vocab_size": m.vocab_size, "pad_token_id": data.BLANK,
+        "bos_token_id": data.VOCAB.index("<s>"), "eos_token_id": data.VOCAB.index("</s>"),
+        "feat_extract_norm": c.extractor_mode.replace("_norm", ""), "feat_extract_activation": "gelu",
+        "conv_dim": list(channels), "conv_kernel": list(kernels), "conv_stride": list(strides),
+        "conv_bias": c.conv_bias, "num_feat_extract_layers": len(c.conv_layers),
+        "feat_proj_layer_norm": True, "feat_proj_dropout": c.dropout,
+        "hidden_size": c.dim, "num_hidden_layers": c.layers, "num_attention_heads": c.heads,
+        "intermediate_size": c.ffn, "hidden_act": "gelu", "layer_norm_eps": 1e-5,
+        "num_conv_pos_embeddings": c.pos_conv_kernel, "num_conv_pos_embedding_groups": c.pos_conv_groups,
+        "conv_pos_batch_norm": False, "do_stable_layer_norm": c.layer_norm_first,
+        "hidden_dropout": c.dropout, "attention_dropout": c.attention_dropout,
+        "activation_dropout": c.activation_dropout, "layerdrop": c.layerdrop, "final_dropout": m.final_dropout,
+        "apply_spec_augment": True, "mask_time_prob": m.mask_prob, "mask_time_length": m.mask_length,
+        "mask_time_min_masks": 2, "mask_feature_prob": m.mask_channel_prob,
+        "mask_feature_length": m.mask_channel_length, "mask_feature_min_masks": 0,
+        "ctc_loss_reduction": "sum", "ctc_zero_infinity": True, "use_weighted_layer_sum": False,
+    }
+
+
+def export_huggingface(ctc, out_dir):
+    """Write a folder that transformers.HubertForCTC.from_pretrained and
+    pipeline("automatic-speech-recognition", model=out_dir) load without this project."""
+    if ctc.encoder.config.frontend != "cnn":
+        raise ValueError("only CNN front-end models export to transformers: HubertForCTC has no Fbank "
+                         "front-end; keep using finetune.py --transcribe for Fbank students")
+    from safetensors.torch import save_file
+    os.makedirs(out_dir, exist_ok=True)
+    state = ctc.state_dict()
+    if ctc.config.mask_prob == 0 and ctc.config.mask_channel_prob == 0:
+        del state["mask_embedding"]  # HubertForCTC has no masked_spec_embed without masking
+    tensors = {huggingface_name(k): v.detach().cpu().contiguous() for k, v in state.items()}
+    save_file(tensors, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+    specials = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": data.VOCAB[data.BLANK]}
+    files = {
+        "config.json": huggingface_config(ctc),
+        "vocab.json": {token: i for i, token in enumerate(data.VOCAB)},
+        "special_tokens_map.json": specials,
+        "tokenizer_config.json": {"tokenizer_class": "Wav2Vec2CTCTokenizer", **specials,
+                                  "word_delimiter_token": data.WORD_SEP, "replace_word_delimiter_char": " ",
+                                  "do_lower_case": False, "processor_class": "Wav2Vec2Processor"},
+        # Base-style (group norm) models take no attention mask in transformers, Large-style do.
+        "preprocessor_config.json": {"feature_extractor_type": "Wav2Vec2FeatureExtractor", "feature_size": 1,
+                                     "sampling_rate": data.SAMPLE_RATE, "padding_value": 0.0,
+                                     "padding_side": "right",
+                                     "do_normalize": ctc.encoder.config.normalize_waveform,
+                                     "return_attention_mask": ctc.encoder.config.extractor_mode == "layer_norm",
+                                     "processor_class": "Wav2Vec2Processor"},
+    }
+    for name, content in files.items():
+        with open(os.path.join(out_dir, name), "w") as f:
+            json.dump(content, f, indent=2)
