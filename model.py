@@ -355,7 +355,8 @@ def build_student(preset, teacher=None, **overrides) -> Encoder:
     """A student encoder from a preset name, initialised from `teacher` as the preset says.
 
     With a teacher, the student takes the teacher's CNN shape (it is copied) and waveform
-    normalisation; `overrides` (e.g. layers=4, dim=256) win over both.
+    normalisation, and S&W presets the teacher's width (their layers are copied);
+    `overrides` (e.g. layers=4, dim=256) win over all of these.
     """
     if preset not in PRESETS:
         raise ValueError(f"unknown student preset {preset!r}; choose from {', '.join(PRESETS)}")
@@ -365,8 +366,9 @@ def build_student(preset, teacher=None, **overrides) -> Encoder:
         t = teacher.config
         cfg.update(extractor_mode=t.extractor_mode, conv_layers=list(t.conv_layers),
                    conv_bias=t.conv_bias, normalize_waveform=t.normalize_waveform)
-        if p.init == "layers":
-            cfg.update(layer_norm_first=t.layer_norm_first)
+        if p.init == "layers":  # S&W copies whole teacher layers: it has the teacher's width
+            cfg.update(dim=t.dim, ffn=t.ffn, heads=t.heads, pos_conv_kernel=t.pos_conv_kernel,
+                       pos_conv_groups=t.pos_conv_groups, layer_norm_first=t.layer_norm_first)
     cfg.update({k: v for k, v in overrides.items() if v is not None})
     student = Encoder(EncoderConfig(**cfg))
     if teacher is not None and p.init != "none":

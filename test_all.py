@@ -1,0 +1,1474 @@
+"""Tests: one file, one section per concept, CPU only, tiny models and seconds of audio.
+
+Trust comes from comparisons with reference implementations (transformers' HubertModel and
+HubertForCTC, torchaudio's kaldi fbank and fairseq key mapping, the paper's formulas) and from
+properties stated in each test's name.
+
+    python -m pytest -q test_all.py          # or: make test
+"""
+import argparse
+import json
+import math
+import os
+import pickle
+import random
+import re
+import subprocess
+import sys
+import types
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import torch.nn.functional as F
+import torchaudio
+import torchaudio.compliance.kaldi as kaldi
+from torchaudio.models import wav2vec2_model
+
+import checkpoints
+import data
+import distill
+import fbank_frontend as fbf
+import finetune
+import model
+import pretrain
+from data import (BLANK, BucketBatchSampler, MIN_UTTERANCES, SAMPLE_RATE, SPLIT_SHARES, VOCAB,
+                  collate, decode, encode, load_audio, load_corpus, make_loader, make_speakers,
+                  read_librispeech, read_manifest, synth_corpus)
+from losses import (COS_FLOOR, DistillHeads, discriminative_loss, frontend_loss, hard_unit_loss,
+                    regression_loss)
+from model import (Encoder, EncoderConfig, build_student, distill_pairs, load_teacher,
+                   normalize_waveform)
+
+
+# ----------------------------------------------------------------------------------------------
+# data.py: vocabulary, corpora, audio loading, bucketing, collate, toy corpus synthesis
+
+
+@pytest.fixture(scope="session")
+def toy_corpus(tmp_path_factory):
+    """One tiny synthesized corpus shared by the tests (about 36 s of speech)."""
+    out = tmp_path_factory.mktemp("toy") / "corpus"
+    synth_corpus(out, hours=0.01, seed=0)
+    return out
+
+
+def _transcripts(root):
+    return {p.relative_to(root): p.read_text() for p in sorted(root.rglob("*.trans.txt"))}
+
+
+def test_vocabulary_is_hubert_letter_dictionary_with_blank_first():
+    assert len(VOCAB) == 32 and VOCAB[BLANK] == "<pad>" and VOCAB[4] == "|"
+
+
+def test_encode_puts_word_separator_between_words_and_decode_inverts_it():
+    ids = encode("HI YOU")
+    assert [VOCAB[i] for i in ids] == ["H", "I", "|", "Y", "O", "U"]
+    assert decode(ids) == "HI YOU"
+    assert decode(encode("  it's   a\tTEST ")) == "IT'S A TEST"  # upper-cased, spaces collapsed
+    assert decode([BLANK, *encode("A B"), BLANK]) == "A B"  # specials dropped
+
+
+def test_encode_rejects_out_of_vocabulary_character_by_name():
+    with pytest.raises(ValueError, match=re.escape("'7'")):
+        encode("ROOM 7")
+
+
+def test_bucketing_keeps_every_utterance_once_within_padded_budget():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(SAMPLE_RATE, 15 * SAMPLE_RATE, size=300).tolist()
+    lengths[7] = 40 * SAMPLE_RATE  # longer than the budget: a batch of its own
+    sampler = BucketBatchSampler(lengths, batch_seconds=30, seed=1)
+    batches = list(sampler)
+    assert sorted(i for b in batches for i in b) == list(range(300))
+    assert len(batches) == len(sampler)
+    for b in batches:
+        padded = max(lengths[i] for i in b) * len(b)
+        assert padded <= 30 * SAMPLE_RATE or len(b) == 1
+    assert [7] in batches
+
+
+def test_bucketing_example_from_docstring():
+    lengths = [s * SAMPLE_RATE for s in (1, 2, 2, 3, 9)]
+    sampler = BucketBatchSampler(lengths, batch_seconds=6, shuffle=False)
+    assert list(sampler) == [[0, 1, 2], [3], [4]]
+
+
+def test_batch_order_depends_only_on_seed_and_epoch():
+    lengths = list(range(SAMPLE_RATE, 2 * SAMPLE_RATE, 1000))
+    a, b = (BucketBatchSampler(lengths, batch_seconds=5, seed=3) for _ in range(2))
+    for s in (a, b):
+        s.set_epoch(2)
+    assert list(a) == list(b)
+    a.set_epoch(3)
+    assert list(a) != list(b)
+
+
+@pytest.mark.parametrize("num_utterances", [40, 43])
+def test_distributed_ranks_get_distinct_batches_and_equal_counts(num_utterances):
+    lengths = [SAMPLE_RATE] * num_utterances  # 4 per batch of 4 s: 10 or 11 batches
+    ranks = [BucketBatchSampler(lengths, batch_seconds=4, seed=0, rank=r, world_size=2)
+             for r in range(2)]
+    for s in ranks:
+        s.set_epoch(5)
+    got = [list(s) for s in ranks]
+    assert len(got[0]) == len(got[1]) == len(ranks[0])
+    assert {i for g in got for b in g for i in b} == set(range(num_utterances))
+    shared = {tuple(b) for b in got[0]} & {tuple(b) for b in got[1]}
+    assert len(shared) == (0 if len(ranks[0].batches) % 2 == 0 else 1)  # only the padding
+
+
+def test_set_epoch_skip_resumes_the_exact_same_sequence():
+    lengths = list(range(SAMPLE_RATE, 3 * SAMPLE_RATE, 997))
+    full = BucketBatchSampler(lengths, batch_seconds=6, seed=9)
+    full.set_epoch(4)
+    resumed = BucketBatchSampler(lengths, batch_seconds=6, seed=9)
+    resumed.set_epoch(4, skip=5)
+    assert list(resumed) == list(full)[5:] and len(resumed) == len(full) - 5
+
+
+def test_collate_zero_pads_waves_and_pads_targets_with_minus_100():
+    items = [{"id": "a", "wave": torch.ones(5), "text": "HI"},
+             {"id": "b", "wave": torch.ones(3), "text": "A B C"}]
+    batch = collate(items)
+    assert batch["waves"].shape == (2, 5) and batch["lengths"].tolist() == [5, 3]
+    assert batch["waves"][1, 3:].abs().sum() == 0 and batch["ids"] == ["a", "b"]
+    assert batch["target_lengths"].tolist() == [2, 5]
+    assert batch["targets"][0].tolist() == encode("HI") + [-100] * 3
+    unlabelled = collate([{"id": "c", "wave": torch.ones(2), "text": None}])
+    assert "targets" not in unlabelled and unlabelled["texts"] == [None]
+
+
+def test_load_audio_resamples_8khz_stereo_to_16khz_mono(tmp_path):
+    t = np.arange(8000 * 3 // 2) / 8000  # 1.5 s
+    left, right = np.sin(2 * np.pi * 440 * t), np.zeros_like(t)
+    path = tmp_path / "spk" / "1" / "spk-1-0000.wav"
+    path.parent.mkdir(parents=True)
+    sf.write(path, np.stack([left, right], axis=1) * 0.5, 8000)
+    wave = load_audio(path)
+    assert wave.dtype == torch.float32 and wave.shape == (24000,)
+    assert 0.2 < wave.abs().max() < 0.3  # mean of the two channels
+    (utt,) = read_librispeech(tmp_path)  # header-only length agrees with the decoded one
+    assert utt.num_samples == 24000 and utt.text is None
+
+
+def test_load_audio_names_an_unreadable_file(tmp_path):
+    bad = tmp_path / "bad.flac"
+    bad.write_text("not audio")
+    with pytest.raises(ValueError, match="bad.flac"):
+        load_audio(bad)
+
+
+def test_read_manifest_takes_labels_from_ltr_file(tmp_path):
+    for name, n in [("a.flac", 16000), ("b.flac", 8000)]:
+        sf.write(tmp_path / name, np.zeros(n), SAMPLE_RATE)
+    (tmp_path / "train.tsv").write_text(f"{tmp_path}\na.flac\t16000\nb.flac\t8000\n")
+    (tmp_path / "train.ltr").write_text("H I | Y O U |\nO K |\n")
+    utts = load_corpus([str(tmp_path / "train.tsv")])
+    assert [(u.id, u.num_samples, u.text) for u in utts] == [("a", 16000, "HI YOU"),
+                                                            ("b", 8000, "OK")]
+    assert utts == read_manifest(tmp_path / "train.tsv")
+    assert load_audio(utts[1].path).shape == (8000,)
+
+
+def test_load_corpus_says_which_path_is_missing_or_empty(tmp_path):
+    with pytest.raises(ValueError, match=f"{tmp_path}: holds no audio.*data.py synth"):
+        load_corpus([str(tmp_path)])
+    with pytest.raises(ValueError, match="nowhere: no such file or folder"):
+        load_corpus(["nowhere"])
+
+
+def test_load_corpus_refuses_the_toy_root_that_mixes_splits(toy_corpus):
+    with pytest.raises(ValueError, match="pass one split"):
+        load_corpus([str(toy_corpus)])
+
+
+def test_synth_writes_librispeech_layout_of_16khz_mono_flac(toy_corpus):
+    for split in SPLIT_SHARES:
+        utts = load_corpus([str(toy_corpus / split)])
+        assert len(utts) >= MIN_UTTERANCES
+        for u in utts:
+            spk, chap, _ = u.id.split("-")
+            path = toy_corpus / split / spk / chap / f"{u.id}.flac"
+            info = sf.info(path)
+            assert str(path) == u.path and (info.samplerate, info.channels) == (SAMPLE_RATE, 1)
+            assert (info.format, info.subtype) == ("FLAC", "PCM_16")
+            assert u.text == u.text.upper() and encode(u.text)
+            assert 1.2 * SAMPLE_RATE < u.num_samples < 7 * SAMPLE_RATE
+            assert (path.parent / f"{spk}-{chap}.trans.txt").exists()
+
+
+def test_synth_dev_and_test_speakers_are_unseen_in_train(toy_corpus):
+    def speakers(split):
+        return {p.name for p in (toy_corpus / split).iterdir()}
+    assert not speakers("train") & (speakers("dev") | speakers("test"))
+    assert not speakers("dev") & speakers("test")
+    voices = {s: {v for _, v, *_ in make_speakers(s, seed=0)} for s in SPLIT_SHARES}
+    assert not voices["train"] & (voices["dev"] | voices["test"])
+
+
+def test_synth_is_deterministic_given_the_seed(toy_corpus, tmp_path):
+    synth_corpus(tmp_path / "again", hours=0.01, seed=0)
+    assert _transcripts(tmp_path / "again") == _transcripts(toy_corpus)
+    # Audio is byte-identical only between fresh processes (eSpeak keeps state between calls).
+    synth_corpus(tmp_path / "other", hours=0.01, seed=1)
+    assert _transcripts(tmp_path / "other") != _transcripts(toy_corpus)
+
+
+def test_synth_skips_existing_corpus_and_refuses_foreign_folder(toy_corpus, tmp_path, capsys):
+    synth_corpus(toy_corpus, hours=0.01, seed=0)
+    assert "already there" in capsys.readouterr().out
+    (tmp_path / "mine.txt").write_text("keep me")
+    with pytest.raises(SystemExit, match="not empty"):
+        synth_corpus(tmp_path, hours=0.01, seed=0)
+
+
+def test_make_loader_batches_the_toy_corpus(toy_corpus):
+    utts = load_corpus([str(toy_corpus / "dev")])
+    loader, sampler = make_loader(utts, batch_seconds=20, shuffle=True, seed=0)
+    sampler.set_epoch(1)
+    batches = list(loader)
+    assert sum(len(b["ids"]) for b in batches) == len(utts)
+    for b in batches:
+        assert b["waves"].shape[1] == b["lengths"].max() and "targets" in b
+
+
+# ----------------------------------------------------------------------------------------------
+# model.py students and encoder; distill.py end to end; the whole CLI chain
+
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CORE_CNN = [(32, 10, 5)] + [(32, 3, 2)] * 4 + [(32, 2, 2)] * 2  # HuBERT's strides, narrow channels
+CORE_TEACHER = dict(dim=32, layers=4, heads=2, ffn=64, pos_conv_kernel=8, pos_conv_groups=4,
+                    conv_layers=CORE_CNN)
+
+
+def test_paper_students_have_the_papers_parameter_counts():
+    """The paper (Table 1) and the authors' code: 23.49M, 22.94M, 20.10M, 19.11M encoders."""
+    counts = {name: round(model.count_parameters(build_student(name)) / 1e6, 2)
+              for name in ("distilhubert", "fithubert", "distilhubert-fbank", "fithubert-fbank")}
+    assert counts == {"distilhubert": 23.49, "fithubert": 22.94, "distilhubert-fbank": 20.10,
+                      "fithubert-fbank": 19.11}
+    fbank_saving = 1 - counts["fithubert-fbank"] / counts["fithubert"]
+    assert fbank_saving == pytest.approx(0.167, abs=0.001)  # the paper's "17% fewer parameters"
+
+
+def test_preset_table_prints_every_preset():
+    table = model.preset_table()
+    for name in model.PRESETS:
+        assert name in table
+    assert "22.94" in table and "23.49" in table
+
+
+def test_conv_output_lengths_equal_actual_frame_counts():
+    """Frame lengths reported for a padded batch equal the frames each utterance gets alone."""
+    enc = Encoder(EncoderConfig(**CORE_TEACHER, extractor_mode="layer_norm")).eval()
+    lengths = [400, 719, 720, 1999, 3200]
+    waves = torch.randn(len(lengths), max(lengths))
+    _, frame_lengths = enc.frontend(waves, torch.tensor(lengths))
+    for i, n in enumerate(lengths):
+        alone, _ = enc.frontend(waves[i:i + 1, :n], torch.tensor([n]))
+        assert frame_lengths[i].item() == alone.shape[1] == (n - 400) // 320 + 1
+
+
+def test_padding_does_not_change_real_frames_of_layer_norm_encoders():
+    """With a layer-norm CNN (HuBERT Large style) padding never leaks into real frames. Base's
+    first-layer GroupNorm normalises over the whole padded sequence (as fairseq and
+    transformers do), so this property is tested on the layer-norm layout only."""
+    enc = Encoder(EncoderConfig(**CORE_TEACHER, extractor_mode="layer_norm", conv_bias=True)).eval()
+    short = torch.randn(1, 4000)
+    batch = torch.cat([short, torch.zeros(1, 2400)], 1)
+    batch = torch.cat([batch, torch.randn(1, 6400)])
+    with torch.no_grad():
+        alone, _ = enc(short, torch.tensor([4000]))
+        padded, frame_lengths = enc(batch, torch.tensor([4000, 6400]))
+    T = frame_lengths[0].item()
+    for a, p in zip(alone, padded):
+        torch.testing.assert_close(p[0, :T], a[0], atol=1e-5, rtol=1e-5)
+
+
+def test_distill_pairs_follow_distilhubert_and_fithubert():
+    assert distill_pairs("last", 2, 12) == [(2, 4), (2, 8), (2, 12)]
+    assert distill_pairs("layerwise", 12, 12) == [(i, i) for i in range(1, 13)]
+    assert distill_pairs("layerwise", 4, 12) == [(1, 3), (2, 6), (3, 9), (4, 12)]
+    with pytest.raises(ValueError, match="cannot target"):
+        distill_pairs("last", 2, 4, [4, 8])
+
+
+def _teacher():
+    torch.manual_seed(0)
+    enc = Encoder(EncoderConfig(**CORE_TEACHER, dropout=0.0, attention_dropout=0.0))
+    head = model.PredictionHead(32, 16, 12)
+    torch.nn.init.normal_(head.codewords)
+    return model.Teacher(enc, head)
+
+
+def test_distilhubert_student_starts_as_the_teachers_first_layers():
+    teacher = _teacher()
+    student = build_student("distilhubert", teacher).eval()  # takes the teacher's width
+    assert student.config.conv_layers == teacher.config.conv_layers
+    assert (student.config.layers, student.config.dim) == (2, teacher.config.dim)
+    waves, lengths = torch.randn(2, 8000), torch.tensor([8000, 6000])
+    with torch.no_grad():
+        s_hidden, _ = student(waves, lengths)
+    t_hidden, _ = teacher(waves, lengths)
+    for k in range(3):  # transformer input and layers 1, 2 are the teacher's own
+        torch.testing.assert_close(s_hidden[k], t_hidden[k])
+
+
+def test_fithubert_copies_only_the_cnn_and_mismatched_init_is_a_clear_error():
+    teacher = _teacher()
+    student = build_student("fithubert", teacher, layers=2, dim=16, ffn=16, heads=2)
+    for a, b in zip(student.feature_extractor.parameters(), teacher.encoder.feature_extractor.parameters()):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="cannot initialise a 2x48"):
+        build_student("distilhubert", teacher, dim=48, ffn=64, heads=2)
+
+
+def test_teacher_stays_frozen_in_eval_mode():
+    teacher = _teacher()
+    teacher.train()
+    assert not teacher.training and not teacher.encoder.training
+    assert not any(p.requires_grad for p in teacher.parameters())
+
+
+@pytest.fixture(scope="module")
+def core_corpus(tmp_path_factory):
+    import data
+    out = tmp_path_factory.mktemp("core") / "corpus"
+    data.synth_corpus(out, hours=0.01, seed=1)
+    return out
+
+
+@pytest.fixture(scope="module")
+def core_teacher(tmp_path_factory):
+    path = tmp_path_factory.mktemp("teacher") / "teacher.pt"
+    teacher = _teacher()
+    model.save_checkpoint(model.encoder_checkpoint(teacher.encoder, "teacher",
+                                                   head=teacher.head.state_dict()), path)
+    return str(path)
+
+
+def _distill(args, corpus, teacher, out):
+    return distill.main(distill.parse_args(
+        ["--teacher", teacher, "--data", str(corpus / "train"), "--out-dir", str(out),
+         "--batch-seconds", "12", "--log-every", "1", "--device", "cpu"] + args))
+
+
+@pytest.mark.parametrize("head", ["cos", "linear", "hard"])
+def test_two_step_distill_with_each_discriminative_head(head, core_corpus, core_teacher, tmp_path):
+    _distill(["--student", "tiny", "--max-steps", "2", "--disc-weight", "0.5", "--disc-head", head],
+             core_corpus, core_teacher, tmp_path)
+    log = [json.loads(line) for line in open(tmp_path / "log.jsonl")]
+    assert [r["step"] for r in log] == [1, 2] and all(r["disc"] > 0 for r in log)
+    ckpt = model.load_checkpoint(tmp_path / "student.pt")
+    assert ckpt["kind"] == "student" and ckpt["heads_config"]["disc_head"] == head
+    assert json.load(open(tmp_path / "args.json"))["disc_head"] == head
+
+
+def test_distillation_loss_falls(core_corpus, core_teacher, tmp_path):
+    _distill(["--student", "tiny", "--max-steps", "30", "--lr", "2e-3", "--disc-weight", "0.5"],
+             core_corpus, core_teacher, tmp_path)
+    losses = [json.loads(line)["loss"] for line in open(tmp_path / "log.jsonl")]
+    assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
+
+
+def test_fbank_student_trains_front_end_alone_for_frontend_steps(core_corpus, core_teacher, tmp_path):
+    _distill(["--student", "fithubert-fbank", "--layers", "2", "--dim", "32", "--ffn", "32", "--heads", "2",
+              "--max-steps", "4", "--frontend-steps", "2"], core_corpus, core_teacher, tmp_path)
+    log = [json.loads(line) for line in open(tmp_path / "log.jsonl")]
+    assert ["frontend_l1" in r for r in log] == [True, True, False, False]
+    assert ["l1" in r for r in log] == [False, False, True, True]
+    cmvn = model.load_checkpoint(tmp_path / "student.pt")["encoder"]["feature_extractor.cmvn_std"]
+    assert not torch.allclose(cmvn, torch.ones_like(cmvn))  # statistics of the training audio
+
+
+def test_pretrain_distill_finetune_eval_transcribe_chain_through_the_clis(core_corpus, tmp_path):
+    """The README's path, two steps each, through the real command lines."""
+    def run(*argv):
+        out = subprocess.run([sys.executable, *argv], cwd=HERE, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+        return out.stdout
+    c = str(core_corpus)
+    run("pretrain.py", "--data", f"{c}/train", "--out-dir", f"{tmp_path}/teacher", "--max-steps", "2",
+        "--layers", "2", "--dim", "32", "--ffn", "64", "--heads", "2", "--conv-dim", "32",
+        "--clusters", "8", "--device", "cpu")
+    run("distill.py", "--teacher", f"{tmp_path}/teacher/teacher.pt", "--student", "tiny", "--data",
+        f"{c}/train", "--out-dir", f"{tmp_path}/student", "--max-steps", "2", "--disc-weight", "0.5",
+        "--device", "cpu")
+    run("finetune.py", "--init", f"{tmp_path}/student/student.pt", "--train", f"{c}/train", "--valid",
+        f"{c}/dev", "--out-dir", f"{tmp_path}/ctc", "--max-steps", "2", "--device", "cpu")
+    out = run("finetune.py", "--eval", f"{tmp_path}/ctc/best.pt", "--data", f"{c}/test", "--device", "cpu")
+    assert "WER" in out
+    files = sorted(str(p) for p in (core_corpus / "test").rglob("*.flac"))[:2]
+    out = run("finetune.py", "--transcribe", f"{tmp_path}/ctc/best.pt", *files, "--device", "cpu")
+    assert [line.split("\t")[0] for line in out.splitlines()] == files
+
+
+# ----------------------------------------------------------------------------------------------
+# Teachers from foreign checkpoints (model.load_teacher): Hugging Face folders against
+# transformers' HubertModel, fairseq files against torchaudio's own model and key mapping,
+# torchaudio bundles from the hub cache, and the refusal of pickles that would run code.
+# All fixtures are tiny random models with perturbed norms and biases (so a missing or swapped
+# layer-norm parameter cannot hide behind weight 1 / bias 0).
+
+
+TINY_CNN = [(16, 10, 5), (16, 3, 2), (16, 2, 2)]  # 20-sample hop keeps the sequences short
+TINY = dict(dim=32, layers=2, heads=4, ffn=48, pos_conv_kernel=8, pos_conv_groups=4)
+LENGTHS = torch.tensor([4000, 2900])  # a padded batch of two utterances
+
+
+def perturb_(module, seed=0, scale=0.2):
+    """Add noise to every parameter: layer norms move away from 1/0, biases away from 0."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g))
+    return module
+
+
+def padded_waves(seed=0, std=1.0):
+    g = torch.Generator().manual_seed(seed)
+    waves = std * torch.randn(len(LENGTHS), int(LENGTHS.max()), generator=g)
+    return waves * (torch.arange(waves.shape[1])[None, :] < LENGTHS[:, None])  # zero padding
+
+
+def max_diff_on_real_frames(ours, reference, frame_lengths):
+    """Largest |difference| over all layers, counting only each utterance's real frames."""
+    assert len(ours) == len(reference)
+    worst = 0.0
+    for a, b in zip(ours, reference):
+        for i, n in enumerate(frame_lengths.tolist()):
+            worst = max(worst, (a[i, :n] - b[i, :n]).abs().max().item())
+    return worst
+
+
+# ---- Hugging Face folders vs transformers' HubertModel
+
+
+def hf_hubert(tmp_path, stable_layer_norm, seed=0):
+    """A tiny random transformers HubertModel saved with save_pretrained (safetensors)."""
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.HubertConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
+        conv_dim=[c for c, _, _ in TINY_CNN], conv_kernel=[k for _, k, _ in TINY_CNN],
+        conv_stride=[s for _, _, s in TINY_CNN], num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=4,
+        do_stable_layer_norm=stable_layer_norm, feat_extract_norm="layer" if stable_layer_norm else "group",
+        conv_bias=stable_layer_norm)
+    torch.manual_seed(seed)
+    hf = perturb_(transformers.HubertModel(cfg), seed).eval()
+    hf.save_pretrained(tmp_path)
+    return hf
+
+
+def hf_reference(hf, input_values, attention_mask):
+    """transformers' hidden states in this project's convention: the last one after the final
+    layer norm of pre-LN models (transformers 5 reports it before; last_hidden_state is after)."""
+    with torch.no_grad():
+        out = hf(input_values, attention_mask=attention_mask, output_hidden_states=True)
+    return list(out.hidden_states[:-1]) + [out.last_hidden_state]
+
+
+def test_huggingface_post_ln_base_layout_matches_transformers(tmp_path):
+    # HF documents that group-norm (Base) models be called WITHOUT attention_mask; we call both
+    # models the same way, with the mask (= fairseq's padding_mask), and compare real frames.
+    # The first CNN layer's GroupNorm still sees the whole padded sequence, in both models.
+    hf = hf_hubert(tmp_path, stable_layer_norm=False)
+    teacher = load_teacher(str(tmp_path))
+    assert teacher.config.extractor_mode == "group_norm" and not teacher.config.layer_norm_first
+    assert not teacher.config.normalize_waveform and teacher.head is None
+    waves = padded_waves()
+    ours, frame_lengths = teacher(waves, LENGTHS)
+    mask = (torch.arange(waves.shape[1])[None, :] < LENGTHS[:, None]).long()
+    assert torch.equal(frame_lengths, hf._get_feat_extract_output_lengths(LENGTHS))
+    assert max_diff_on_real_frames(ours, hf_reference(hf, waves, mask), frame_lengths) < 1e-4
+
+
+def test_huggingface_pre_ln_large_layout_with_normalisation_matches_transformers(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    hf = hf_hubert(tmp_path, stable_layer_norm=True, seed=1)
+    extractor = transformers.Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=True)
+    extractor.save_pretrained(tmp_path)  # preprocessor_config.json: do_normalize true
+    teacher = load_teacher(str(tmp_path))
+    c = teacher.config
+    layout = (c.extractor_mode, c.layer_norm_first, c.conv_bias, c.normalize_waveform)
+    assert layout == ("layer_norm", True, True, True)
+    waves = 3.0 * padded_waves(seed=1) + 0.5  # not zero-mean, not unit-variance: normalisation matters
+    ours, frame_lengths = teacher(waves, LENGTHS)
+    # the reference normalises with transformers' own feature extractor (its eps is 1e-7, ours 1e-5)
+    batch = extractor([w[:n].numpy() for w, n in zip(waves, LENGTHS)], sampling_rate=16_000,
+                      padding=True, return_tensors="pt")
+    reference = hf_reference(hf, batch["input_values"], batch["attention_mask"])
+    assert max_diff_on_real_frames(ours, reference, frame_lengths) < 1e-4
+
+
+def test_huggingface_ctc_folder_with_pytorch_model_bin_and_legacy_weight_norm_names(tmp_path):
+    hf = hf_hubert(tmp_path / "ref", stable_layer_norm=False, seed=2)
+    folder = tmp_path / "ctc"
+    folder.mkdir()
+    (folder / "config.json").write_text((tmp_path / "ref" / "config.json").read_text())
+    # as older HubertForCTC files: "hubert." prefix, weight_g / weight_v, an lm_head to ignore
+    state = {"hubert." + k.replace("parametrizations.weight.original0", "weight_g")
+             .replace("parametrizations.weight.original1", "weight_v"): v for k, v in hf.state_dict().items()}
+    state.update({"lm_head.weight": torch.zeros(32, 32), "lm_head.bias": torch.zeros(32)})
+    torch.save(state, folder / "pytorch_model.bin")
+    teacher = load_teacher(str(folder))
+    waves = padded_waves(seed=2)
+    ours, frame_lengths = teacher(waves, LENGTHS)
+    mask = (torch.arange(waves.shape[1])[None, :] < LENGTHS[:, None]).long()
+    assert max_diff_on_real_frames(ours, hf_reference(hf, waves, mask), frame_lengths) < 1e-4
+
+
+# ---- fairseq checkpoints vs torchaudio's model and torchaudio's own key mapping
+
+# torchaudio name -> fairseq name: the inverse of checkpoints.FAIRSEQ_KEYS, written out independently
+TO_FAIRSEQ = [
+    (r"feature_extractor\.conv_layers\.(\d+)\.conv\.", r"feature_extractor.conv_layers.\1.0."),
+    (r"encoder\.feature_projection\.layer_norm\.", "layer_norm."),
+    (r"encoder\.feature_projection\.projection\.", "post_extract_proj."),
+    (r"encoder\.transformer\.pos_conv_embed\.conv\.parametrizations\.weight\.original0",
+     "encoder.pos_conv.0.weight_g"),
+    (r"encoder\.transformer\.pos_conv_embed\.conv\.parametrizations\.weight\.original1",
+     "encoder.pos_conv.0.weight_v"),
+    (r"encoder\.transformer\.pos_conv_embed\.conv\.bias", "encoder.pos_conv.0.bias"),
+    (r"encoder\.transformer\.layer_norm\.", "encoder.layer_norm."),
+    (r"encoder\.transformer\.layers\.(\d+)\.attention\.", r"encoder.layers.\1.self_attn."),
+    (r"encoder\.transformer\.layers\.(\d+)\.layer_norm\.", r"encoder.layers.\1.self_attn_layer_norm."),
+    (r"encoder\.transformer\.layers\.(\d+)\.feed_forward\.intermediate_dense\.", r"encoder.layers.\1.fc1."),
+    (r"encoder\.transformer\.layers\.(\d+)\.feed_forward\.output_dense\.", r"encoder.layers.\1.fc2."),
+    (r"encoder\.transformer\.layers\.(\d+)\.final_layer_norm\.", r"encoder.layers.\1.final_layer_norm."),
+]
+
+
+def torchaudio_reference(layer_norm_layout, seed=0):
+    """A tiny random torchaudio Wav2Vec2Model (Base layout, or Large layout with conv bias)."""
+    params = dict(
+        extractor_mode="layer_norm" if layer_norm_layout else "group_norm",
+        extractor_conv_layer_config=TINY_CNN,
+        extractor_conv_bias=layer_norm_layout, encoder_embed_dim=32, encoder_projection_dropout=0.0,
+        encoder_pos_conv_kernel=8, encoder_pos_conv_groups=4, encoder_num_layers=2, encoder_num_heads=4,
+        encoder_attention_dropout=0.0, encoder_ff_interm_features=48, encoder_ff_interm_dropout=0.0,
+        encoder_dropout=0.0, encoder_layer_norm_first=layer_norm_layout, encoder_layer_drop=0.0,
+        aux_num_out=None)
+    torch.manual_seed(seed)
+    return perturb_(wav2vec2_model(**params), seed).eval(), params
+
+
+def to_fairseq(state, layer_norm_layout):
+    out = {}
+    for key, value in state.items():
+        if key.startswith("feature_extractor.conv_layers.") and ".layer_norm." in key:
+            i, name = re.match(r"feature_extractor\.conv_layers\.(\d+)\.layer_norm\.(\w+)", key).groups()
+            out[f"feature_extractor.conv_layers.{i}.2.{'1.' if layer_norm_layout else ''}{name}"] = value
+            continue
+        pattern, repl = next(r for r in TO_FAIRSEQ if re.match(r[0], key))
+        out[re.sub(pattern, repl, key, count=1)] = value
+    return out
+
+
+def fairseq_model_cfg(layer_norm_layout):
+    return {"_name": "hubert", "extractor_mode": "layer_norm" if layer_norm_layout else "default",
+            "conv_feature_layers": "[(16, 10, 5)] + [(16,3,2)] * 1 + [(16,2,2)]",
+            "conv_bias": layer_norm_layout, "encoder_embed_dim": 32, "encoder_layers": 2,
+            "encoder_attention_heads": 4, "encoder_ffn_embed_dim": 48,
+            "conv_pos": 8, "conv_pos_groups": 4, "layer_norm_first": layer_norm_layout, "final_dim": 12,
+            "activation_fn": "gelu", "dropout": 0.1, "encoder_layerdrop": 0.05, "mask_prob": 0.8}
+
+
+def head_weights(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {"final_proj.weight": torch.randn(12, 32, generator=g),
+            "final_proj.bias": torch.randn(12, generator=g),
+            "label_embs_concat": torch.randn(7, 12, generator=g), "mask_emb": torch.randn(32, generator=g)}
+
+
+def assert_matches_torchaudio(teacher, reference, normalize):
+    """Exact equality with torchaudio's own forward (extract_features) on the same weights."""
+    waves = padded_waves()
+    ours, frame_lengths = teacher(waves, LENGTHS)
+    inputs = normalize_waveform(waves, LENGTHS) if normalize else waves
+    with torch.no_grad():
+        layers, ref_lengths = reference.extract_features(inputs, LENGTHS)
+        if reference.encoder.transformer.layer_norm_first is False:  # pre-LN: final norm after the last layer
+            layers[-1] = reference.encoder.transformer.layer_norm(layers[-1])
+    assert torch.equal(frame_lengths, ref_lengths)
+    assert len(ours) == len(layers) + 1
+    for a, b in zip(ours[1:], layers):
+        assert torch.equal(a, b)
+
+
+def test_fairseq_checkpoint_matches_torchaudio_exactly_and_carries_the_prediction_head(tmp_path):
+    reference, params = torchaudio_reference(layer_norm_layout=False)
+    fairseq_state = {**to_fairseq(reference.state_dict(), False), **head_weights()}
+    # cross-check of the test's own inverse mapping with torchaudio's fairseq importer
+    converted = torchaudio.models.wav2vec2.utils.import_fairseq._convert_state_dict(fairseq_state)
+    assert torch.equal(converted.pop("label_embs_concat"), fairseq_state["label_embs_concat"])
+    fresh = wav2vec2_model(**params)
+    fresh.load_state_dict(converted)  # strict: every key mapped, none left over
+    for k, v in reference.state_dict().items():
+        assert torch.equal(fresh.state_dict()[k], v), k
+    path = tmp_path / "hubert_base_tiny.pt"
+    task = {"_name": "hubert_pretraining", "normalize": False}
+    torch.save({"cfg": {"model": fairseq_model_cfg(False), "task": task},
+                "args": None, "model": fairseq_state, "extra_state": {"epoch": 3}}, path)
+    teacher = load_teacher(str(path))
+    assert not teacher.config.normalize_waveform and teacher.config.conv_layers == TINY_CNN
+    assert_matches_torchaudio(teacher, reference, normalize=False)
+    assert torch.equal(teacher.head.codewords, fairseq_state["label_embs_concat"])
+    assert torch.equal(teacher.head.final_proj.weight, fairseq_state["final_proj.weight"])
+    assert torch.equal(teacher.head.final_proj.bias, fairseq_state["final_proj.bias"])
+
+
+@pytest.fixture
+def fake_fairseq(monkeypatch):
+    """Importable stand-ins for fairseq modules, so that a fixture can pickle a
+    fairseq.data.dictionary.Dictionary the way hubert_base_ls960.pt does."""
+    for name in ("fairseq", "fairseq.data", "fairseq.data.dictionary"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+
+    class Dictionary:
+        def __init__(self, symbols):
+            self.symbols, self.indices = symbols, {s: i for i, s in enumerate(symbols)}
+
+    Dictionary.__module__, Dictionary.__qualname__ = "fairseq.data.dictionary", "Dictionary"
+    sys.modules["fairseq.data.dictionary"].Dictionary = Dictionary
+    return Dictionary
+
+
+def test_legacy_fairseq_args_checkpoint_with_numpy_and_dictionary_loads_without_fairseq(
+        tmp_path, fake_fairseq, monkeypatch):
+    reference, _ = torchaudio_reference(layer_norm_layout=True, seed=3)
+    cfg = fairseq_model_cfg(True)
+    del cfg["_name"], cfg["conv_pos_groups"]  # legacy args may leave out fields: fairseq's defaults apply
+    reference_groups = reference.encoder.transformer.pos_conv_embed.conv.groups
+    assert reference_groups != checkpoints.FAIRSEQ_DEFAULTS["conv_pos_groups"]
+    args = argparse.Namespace(**cfg, conv_pos_groups=reference_groups, normalize=True, arch="hubert_large",
+                              best_checkpoint_metric="loss", seed=np.int64(1))
+    path = tmp_path / "hubert_large_tiny_legacy.pt"
+    torch.save({"args": args, "model": {**to_fairseq(reference.state_dict(), True), **head_weights(3)},
+                "task_state": {"dictionaries": [fake_fairseq(["<s>", "<pad>", "</s>", "<unk>", "1", "2"])]},
+                "extra_state": {"val_loss": np.float64(2.5), "num_updates": np.int64(400_000),
+                                "lr": np.array([1e-4, 5e-5]), "dtype": np.dtype("float32")},
+                "optimizer_history": [{"num_updates": 400_000}]}, path)
+    for name in ("fairseq.data.dictionary", "fairseq.data", "fairseq"):  # the loader must not need them
+        monkeypatch.delitem(sys.modules, name)
+    teacher = load_teacher(str(path))
+    c = teacher.config
+    layout = (c.extractor_mode, c.conv_bias, c.layer_norm_first, c.normalize_waveform)
+    assert layout == ("layer_norm", True, True, True)
+    assert_matches_torchaudio(teacher, reference, normalize=True)
+    assert teacher.head.codewords.shape == (7, 12)
+
+
+def test_fine_tuned_fairseq_checkpoint_loads_its_encoder_and_has_no_head(tmp_path):
+    reference, _ = torchaudio_reference(layer_norm_layout=True, seed=4)
+    state = {"w2v_encoder.w2v_model." + k: v for k, v in to_fairseq(reference.state_dict(), True).items()}
+    state.update({"w2v_encoder.w2v_model.label_embs_concat": torch.zeros(7, 12),  # final_proj is gone
+                  "w2v_encoder.proj.weight": torch.zeros(32, 32), "w2v_encoder.proj.bias": torch.zeros(32)})
+    cfg = {"model": {"_name": "hubert_ctc", "w2v_path": "/gone/hubert_large_ll60k.pt",
+                     "w2v_args": {"model": fairseq_model_cfg(True), "task": {"normalize": True}}},
+           "task": {"_name": "audio_finetuning", "normalize": True}}
+    path = tmp_path / "hubert_large_tiny_ft.pt"
+    torch.save({"cfg": cfg, "model": state}, path)
+    teacher = load_teacher(str(path))
+    assert teacher.head is None and teacher.config.normalize_waveform
+    assert_matches_torchaudio(teacher, reference, normalize=True)
+
+
+def test_fairseq_weights_that_do_not_fit_the_config_give_a_clear_error(tmp_path):
+    reference, _ = torchaudio_reference(layer_norm_layout=False)
+    cfg = {**fairseq_model_cfg(False), "encoder_ffn_embed_dim": 64}
+    path = tmp_path / "mismatch.pt"
+    torch.save({"cfg": {"model": cfg, "task": {}}, "model": to_fairseq(reference.state_dict(), False)}, path)
+    with pytest.raises(ValueError, match=r"mismatch\.pt: weights do not fit .*size mismatch"):
+        load_teacher(str(path))
+
+
+def test_positional_conv_stored_as_a_plain_weight_is_refolded_into_weight_norm():
+    reference, params = torchaudio_reference(layer_norm_layout=False, seed=6)
+    state = reference.state_dict()
+    prefix = "encoder.transformer.pos_conv_embed.conv."
+    for name in ("original0", "original1"):
+        del state[f"{prefix}parametrizations.weight.{name}"]
+    state[prefix + "weight"] = reference.encoder.transformer.pos_conv_embed.conv.weight.detach()
+    config = EncoderConfig(conv_layers=TINY_CNN, **TINY)
+    encoder = checkpoints.load_encoder_state(config, state, "plain-weight.pt")
+    ours = encoder.encoder.transformer.pos_conv_embed.conv.weight
+    assert torch.allclose(ours, state[prefix + "weight"], atol=1e-6)
+
+
+def test_conv_feature_layers_are_parsed_without_eval():
+    assert checkpoints.parse_conv_layers("[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2") == model.HUBERT_CNN
+    with pytest.raises(ValueError, match="cannot parse conv_feature_layers"):
+        checkpoints.parse_conv_layers("__import__('os').system('true')")
+
+
+class _RunsCode:
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+def test_checkpoint_whose_pickle_would_run_os_system_is_refused_without_running_it(tmp_path):
+    sentinel = tmp_path / "SENTINEL"
+    path = tmp_path / "evil.pt"
+    torch.save({"model": {}, "cfg": {"model": {}}, "extra_state": _RunsCode(f"touch {sentinel}")}, path)
+    with pytest.raises(ValueError, match=r"evil\.pt: not a loadable checkpoint .*system.*refusing"):
+        load_teacher(str(path))
+    assert not sentinel.exists()
+    with open(path, "rb") as f:  # the fixture is real: an unrestricted unpickler does run it
+        torch.load(f, weights_only=False)
+    assert sentinel.exists()
+
+
+# ---- torchaudio bundles, this project's checkpoints, bad inputs
+
+
+def test_torchaudio_bundle_loads_from_the_hub_cache_and_never_downloads(tmp_path, monkeypatch):
+    reference, params = torchaudio_reference(layer_norm_layout=True, seed=5)
+    bundle = torchaudio.pipelines.Wav2Vec2Bundle("tiny_hubert.pth", params, _sample_rate=16_000,
+                                                 _normalize_waveform=True, _model_type="Wav2Vec2")
+    monkeypatch.setattr(torchaudio.pipelines, "TINY_HUBERT", bundle, raising=False)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url",
+                        lambda *a, **k: pytest.fail("download attempted"))
+    (tmp_path / "checkpoints").mkdir()
+    state = {k.replace("parametrizations.weight.original0", "weight_g").replace(  # as the published .pth
+             "parametrizations.weight.original1", "weight_v"): v for k, v in reference.state_dict().items()}
+    torch.save(state, tmp_path / "checkpoints" / "tiny_hubert.pth")
+    teacher = load_teacher("torchaudio:TINY_HUBERT")
+    assert teacher.config.normalize_waveform and teacher.head is None
+    assert_matches_torchaudio(teacher, reference, normalize=True)
+    with pytest.raises(FileNotFoundError, match=r"HUBERT_BASE: weights not in the torch hub cache .*local"):
+        load_teacher("torchaudio:HUBERT_BASE")  # tmp_path/checkpoints has no hubert_fairseq_base_ls960.pth
+    with pytest.raises(ValueError, match="not a torchaudio wav2vec2/HuBERT bundle"):
+        load_teacher("torchaudio:NO_SUCH_BUNDLE")
+
+
+def test_project_teacher_checkpoint_round_trips_through_load_teacher(tmp_path):
+    encoder = perturb_(Encoder(EncoderConfig(conv_layers=TINY_CNN, **TINY)))
+    head = {"final_proj.weight": torch.randn(12, 32), "final_proj.bias": torch.randn(12),
+            "codewords": torch.randn(7, 12)}
+    path = tmp_path / "teacher.pt"
+    model.save_checkpoint(model.encoder_checkpoint(encoder, "teacher", head=head), path)
+    teacher = load_teacher(str(path))
+    teacher.train()  # must stay in eval mode
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    encoder.eval()
+    with torch.no_grad():
+        expected, _ = encoder(padded_waves(), LENGTHS)
+    ours, _ = teacher(padded_waves(), LENGTHS)
+    assert all(torch.equal(a, b) for a, b in zip(ours, expected))
+    assert torch.equal(teacher.head.codewords, head["codewords"])
+
+
+def test_bad_teacher_sources_give_one_line_errors_naming_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere.pt: no such file or folder"):
+        load_teacher(str(tmp_path / "nowhere.pt"))
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"this is not a checkpoint\n" * 10)
+    with pytest.raises(ValueError, match=r"junk\.pt: not a loadable checkpoint") as e:
+        load_teacher(str(junk))
+    assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="no config.json"):
+        load_teacher(str(tmp_path))
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "odd.pt")
+    with pytest.raises(ValueError, match=r"odd\.pt: unknown checkpoint layout"):
+        load_teacher(str(tmp_path / "odd.pt"))
+    with open(tmp_path / "list.pt", "wb") as f:  # a plain pickle, not a torch file
+        pickle.dump([1, 2], f, protocol=2)
+    with pytest.raises(ValueError, match=r"list\.pt: (not a loadable checkpoint|unknown checkpoint layout)"):
+        load_teacher(str(tmp_path / "list.pt"))
+
+
+# ----------------------------------------------------------------------------------------------
+# losses.py: regression, discriminative, hard-unit and front-end losses; distillation heads
+
+
+def _mask(lengths, T):
+    return torch.arange(T)[None, :] >= torch.tensor(lengths)[:, None]
+
+
+def test_regression_of_equal_inputs_is_zero_l1_and_the_cosine_floor():
+    x = torch.randn(2, 5, 8)
+    total, parts = regression_loss(x, x.clone(), _mask([5, 3], 5))
+    assert parts["l1"].item() == 0.0
+    assert COS_FLOOR == pytest.approx(0.31326168751822286)  # -log sigmoid(1), not subtracted
+    assert parts["cos"].item() == pytest.approx(COS_FLOOR, abs=1e-6)
+    assert total.item() == pytest.approx(COS_FLOOR, abs=1e-6)
+
+
+def test_regression_matches_hand_computed_example():
+    # one utterance, two real frames and one padded frame full of NaN
+    pred = torch.tensor([[[1.0, 2.0], [0.0, 3.0], [math.nan, math.nan]]])
+    target = torch.tensor([[[2.0, 0.0], [0.0, -3.0], [math.inf, 7.0]]])
+    mask = _mask([2], 3)
+    # l1: (|1-2| + |2-0| + |0-0| + |3+3|) / 4 = 9 / 4
+    # cos: frame 1 = (1*2 + 2*0) / (sqrt(5) * 2) = 1/sqrt(5); frame 2 = -9 / 9 = -1
+    l1 = 9 / 4
+    cos = (math.log1p(math.exp(-1 / math.sqrt(5))) + math.log1p(math.exp(1.0))) / 2
+    assert cos == pytest.approx((0.49434 + 1.31326) / 2, abs=1e-4)
+    total, parts = regression_loss(pred, target, mask, l1_weight=0.5, cos_weight=2.0)
+    assert parts["l1"].item() == pytest.approx(l1)
+    assert parts["cos"].item() == pytest.approx(cos, rel=1e-6)
+    assert total.item() == pytest.approx(0.5 * l1 + 2.0 * cos, rel=1e-6)
+
+
+def test_regression_stack_sums_the_per_layer_losses():
+    pred, target = torch.randn(3, 2, 6, 4), torch.randn(3, 2, 6, 4)
+    mask = _mask([6, 4], 6)
+    total, parts = regression_loss(pred, target, mask)
+    singles = [regression_loss(pred[i], target[i], mask)[0] for i in range(3)]
+    assert total.item() == pytest.approx(sum(s.item() for s in singles), rel=1e-6)
+    assert parts["l1_layers"].shape == (3,) and parts["cos_layers"].shape == (3,)
+    assert parts["l1"].item() == pytest.approx(parts["l1_layers"].sum().item(), rel=1e-6)
+
+
+def test_losses_ignore_padding_garbage_including_nan():
+    torch.manual_seed(0)
+    mask = _mask([7, 4], 7)
+    pred, target = torch.randn(2, 2, 7, 5), torch.randn(2, 2, 7, 5)
+    s_logits, t_logits = torch.randn(2, 7, 11), torch.randn(2, 7, 11)
+    dirty = [t.clone() for t in (pred, target, s_logits, t_logits)]
+    for t in dirty:
+        t[..., 1, 4:, :] = torch.tensor([math.nan, math.inf, -math.inf]).repeat(t.shape[-1])[: t.shape[-1]]
+    clean_vals = [regression_loss(pred, target, mask)[0], discriminative_loss(s_logits, t_logits, mask),
+                  hard_unit_loss(s_logits, t_logits, mask), frontend_loss(pred[0], target[0], mask)]
+    p, t, s, tl = [d.requires_grad_() for d in dirty]
+    dirty_vals = [regression_loss(p, t, mask)[0], discriminative_loss(s, tl, mask),
+                  hard_unit_loss(s, tl, mask), frontend_loss(p[0], t[0], mask)]
+    for c, d in zip(clean_vals, dirty_vals):
+        assert torch.isfinite(d) and d.item() == pytest.approx(c.item(), rel=1e-6)
+    sum(dirty_vals).backward()
+    assert torch.isfinite(p.grad).all() and torch.isfinite(s.grad).all()
+    assert (p.grad[..., 1, 4:, :] == 0).all()  # padded frames get exactly no gradient
+
+
+def test_losses_of_an_all_padding_batch_are_zero_not_nan():
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    x = torch.full((2, 3, 4), math.nan, requires_grad=True)
+    assert regression_loss(x, x.detach(), mask)[0].item() == 0.0
+    assert discriminative_loss(x, x.detach(), mask).item() == 0.0
+    assert frontend_loss(x, x.detach(), mask).item() == 0.0
+
+
+def test_discriminative_loss_is_zero_for_equal_logits():
+    logits = torch.randn(2, 5, 9) * 5
+    assert discriminative_loss(logits, logits.clone(), _mask([5, 2], 5)).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_discriminative_loss_matches_torch_kl_div_over_real_frames():
+    torch.manual_seed(1)
+    s, t = torch.randn(3, 6, 10) * 3, torch.randn(3, 6, 10) * 3
+    mask = _mask([6, 1, 4], 6)
+    rows_s, rows_t = s[~mask], t[~mask]  # (11, 10)
+    ref = F.kl_div(F.log_softmax(rows_s, -1), F.log_softmax(rows_t, -1), log_target=True,
+                   reduction="batchmean")
+    assert discriminative_loss(s, t, mask).item() == pytest.approx(ref.item(), rel=1e-5)
+
+
+def test_hard_unit_loss_is_cross_entropy_to_the_teacher_argmax():
+    s, t = torch.randn(2, 4, 7), torch.randn(2, 4, 7)
+    mask = _mask([4, 3], 4)
+    ref = F.cross_entropy(s[~mask], t[~mask].argmax(-1))
+    assert hard_unit_loss(s, t, mask).item() == pytest.approx(ref.item(), rel=1e-6)
+
+
+def test_frontend_loss_is_l1_over_real_frames():
+    pred = torch.tensor([[[1.0, -1.0], [5.0, 5.0]]])
+    target = torch.tensor([[[0.0, 1.0], [0.0, 0.0]]])
+    assert frontend_loss(pred, target, _mask([1], 2)).item() == pytest.approx(1.5)  # (1 + 2) / 2
+
+
+class _TeacherHead(torch.nn.Module):
+    """Local equivalent of model.PredictionHead: cos(final_proj(h), codewords) / tau."""
+
+    def __init__(self, dim, final_dim, k):
+        super().__init__()
+        self.final_proj = torch.nn.Linear(dim, final_dim)
+        self.codewords = torch.nn.Parameter(torch.randn(k, final_dim))
+
+    def logits(self, h, tau):
+        proj = F.normalize(self.final_proj(h), dim=-1, eps=1e-8)
+        return proj @ F.normalize(self.codewords, dim=-1, eps=1e-8).t() / tau
+
+
+@pytest.mark.parametrize("disc_head", ["cos", "linear", "hard", None])
+def test_distill_heads_output_shapes(disc_head):
+    teacher = _TeacherHead(12, 6, 9)
+    heads = DistillHeads(8, 12, [(1, 1), (2, 2), (2, 3)], disc_head, teacher.codewords, tau=0.5)
+    hidden = [torch.randn(2, 5, 8) for _ in range(3)]
+    pred, logits = heads(hidden)
+    assert pred.shape == (3, 2, 5, 12)
+    assert (logits is None) if disc_head is None else (logits.shape == (2, 5, 9))
+    assert torch.allclose(pred[0], heads.proj[0](hidden[1]))
+
+
+def test_cos_head_equals_the_teacher_head_formula_and_its_codewords_are_frozen():
+    teacher = _TeacherHead(8, 6, 9).requires_grad_(False)
+    heads = DistillHeads(8, 12, [(1, 1)], "cos", teacher.codewords, tau=0.1)
+    heads.disc.load_state_dict(teacher.final_proj.state_dict())
+    assert "codewords" not in dict(heads.named_parameters()) and "codewords" in heads.state_dict()
+    h = torch.randn(2, 5, 8)
+    _, logits = heads([h, h])
+    assert torch.allclose(logits, teacher.logits(h, 0.1), atol=1e-5)
+    assert discriminative_loss(logits, teacher.logits(h, 0.1), None).item() == pytest.approx(0.0, abs=1e-5)
+
+
+def test_gradients_reach_the_student_only():
+    teacher = _TeacherHead(8, 6, 9)  # codewords and final_proj require grad on purpose
+    student = torch.nn.Linear(4, 8)
+    heads = DistillHeads(8, 8, [(1, 1)], "cos", teacher.codewords, tau=1.0)
+    x = torch.randn(2, 5, 4)
+    h_s = student(x)
+    h_t = torch.randn(2, 5, 8, requires_grad=True)
+    pred, logits = heads([x, h_s])
+    mask = _mask([5, 3], 5)
+    loss = regression_loss(pred, torch.stack([h_t]), mask)[0] + \
+        discriminative_loss(logits, teacher.logits(h_t, 1.0), mask)
+    loss.backward()
+    assert student.weight.grad is not None and heads.disc.weight.grad is not None
+    assert heads.proj[0].weight.grad is not None
+    assert h_t.grad is None and teacher.codewords.grad is None and teacher.final_proj.weight.grad is None
+    assert not heads.codewords.requires_grad
+
+
+def test_distill_heads_rebuild_from_config_and_state_dict():
+    heads = DistillHeads(8, 12, [(2, 4), (2, 8)], "cos", torch.randn(9, 6), tau=0.3)
+    cfg = heads.config()
+    assert all(not isinstance(v, torch.Tensor) for v in cfg.values())
+    again = DistillHeads(**cfg)
+    again.load_state_dict(heads.state_dict())
+    hidden = [torch.randn(1, 4, 8) for _ in range(3)]
+    for a, b in zip(heads(hidden), again(hidden)):
+        assert torch.equal(a, b)
+    assert again.teacher_layers == [4, 8]
+    with pytest.raises(ValueError, match="codewords"):
+        DistillHeads(8, 12, [], "linear")
+
+
+# ----------------------------------------------------------------------------------------------
+# fbank_frontend.py: Kaldi fbank, CMVN, SpecAugment, subsampler, frame alignment
+
+# Max |ours - kaldi.fbank| measured on random audio: 8e-5 on log-mel values up to ~26 (both
+# float32; the mel matrix is built in float64 here, in float32 in torchaudio).
+FBANK_ATOL = 2e-4
+
+
+def _waves(lengths, seed=0, pad_value=0.0):
+    g = torch.Generator().manual_seed(seed)
+    S = max(lengths)
+    w = torch.randn(len(lengths), S, generator=g) * 0.1 * torch.linspace(0.01, 1, S)
+    for i, n in enumerate(lengths):
+        w[i, n:] = pad_value
+    return w, torch.tensor(lengths)
+
+
+def test_mel_banks_equal_torchaudio_kaldi_get_mel_banks():
+    ref, _ = kaldi.get_mel_banks(80, 512, 16000.0, 20.0, 0.0, 100.0, -500.0, 1.0)
+    ours = fbf.kaldi_mel_banks()
+    assert ours.shape == (80, 257) and (ours[:, -1] == 0).all()
+    assert torch.allclose(ours[:, :256], ref, atol=5e-5)
+
+
+def test_fbank_matches_kaldi_per_utterance_in_a_padded_batch():
+    lengths = [16000, 12345, 400, 401, 560, 399, 7000]
+    waves, lens = _waves(lengths, pad_value=math.nan)  # NaN padding must not reach real frames
+    fb, frames = fbf.kaldi_fbank(waves, lens)
+    assert frames.tolist() == [1 + (n - 400) // 160 if n >= 400 else 0 for n in lengths]
+    for i, n in enumerate(lengths):
+        if n < 400:
+            assert (fb[i] == 0).all()
+            continue
+        ref = kaldi.fbank(waves[i, :n][None] * 32768, num_mel_bins=80, dither=0.0, energy_floor=0.0,
+                          sample_frequency=16000)
+        assert ref.shape[0] == frames[i]
+        assert (fb[i, : frames[i]] - ref).abs().max().item() < FBANK_ATOL
+        assert (fb[i, frames[i]:] == 0).all()
+
+
+def test_fbank_stays_fp32_under_autocast():
+    waves, lens = _waves([4000, 3000])
+    ref, _ = fbf.kaldi_fbank(waves, lens)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = fbf.kaldi_fbank(waves, lens)
+    assert out.dtype == torch.float32 and torch.equal(out, ref)
+
+
+def test_frontend_parameter_counts_match_the_paper_budget():
+    for dim, expected in [(480, 615_840), (768, 1_206_528)]:
+        fe = fbf.FbankFrontend(dim)
+        assert sum(p.numel() for p in fe.parameters()) == expected
+        assert {"cmvn_mean", "cmvn_std"} <= set(fe.state_dict())  # CMVN: buffers in the checkpoint
+
+
+def test_padding_does_not_change_real_frames_of_the_frontend():
+    fe = fbf.FbankFrontend(16).eval()
+    fe.set_cmvn(torch.randn(80), torch.rand(80) + 0.5)
+    lengths = [9000, 5000, 3333, 400]
+    waves, lens = _waves(lengths, seed=3, pad_value=math.nan)
+    out, out_lens = fe(waves, lens)
+    assert out_lens.tolist() == [(1 + (n - 400) // 160 + 1) // 2 for n in lengths]
+    for i, n in enumerate(lengths):
+        alone, alone_len = fe(waves[i:i + 1, :n], None)
+        assert alone_len.item() == out_lens[i] == alone.shape[1]
+        assert torch.allclose(out[i, : out_lens[i]], alone[0], atol=1e-5)
+        assert (out[i, out_lens[i]:] == 0).all()
+
+
+def _cnn_frames(n):
+    """Reference: run the lengths through HuBERT's CNN layer by layer (torchaudio's formula)."""
+    for _, k, s in [(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] * 2:
+        n = (n - k) // s + 1
+    return n
+
+
+def test_fbank_frames_match_the_cnn_frames_and_centres_align():
+    lengths = torch.arange(8000, 160_001, 37)  # 0.5 s .. 10 s, every 37 samples
+    fbank_frames = fbf.num_subsampled_frames(fbf.num_fbank_frames(lengths))
+    cnn = torch.tensor([_cnn_frames(int(n)) for n in lengths])
+    assert torch.equal(fbf.num_cnn_frames(lengths), cnn)
+    assert (fbank_frames - cnn).abs().max().item() <= 1  # in fact 0 with padding 2
+    # centres in samples: 20 ms Fbank frame k sits on 10 ms frame 2k -> 320 k + 200; CNN: 320 k + 200
+    a = (torch.arange(int(fbank_frames.max())) * 2 * fbf.HOP_LENGTH + fbf.WIN_LENGTH // 2)[None, :, None]
+    b = (torch.arange(int(cnn.max())) * fbf.CNN_HOP + fbf.CNN_WIN // 2)[None, :, None]
+    a, b = a.expand(len(lengths), -1, -1), b.expand(len(lengths), -1, -1)
+    a, b, n = fbf.align_frames(a, b, fbank_frames, cnn)
+    real = ~_mask(n.tolist(), a.shape[1])
+    assert (a - b)[real].abs().max().item() <= fbf.CNN_HOP  # at most one frame apart (in fact 0)
+    assert torch.equal(n, torch.minimum(fbank_frames, cnn))
+
+
+def test_align_frames_trims_to_the_shorter_sequence():
+    a, b = torch.randn(2, 7, 3), torch.randn(2, 6, 5)
+    a2, b2, n = fbf.align_frames(a, b, torch.tensor([7, 5]), torch.tensor([6, 6]))
+    assert a2.shape == (2, 6, 3) and b2.shape == (2, 6, 5) and n.tolist() == [6, 5]
+    assert torch.equal(a2, a[:, :6])
+
+
+def test_cmvn_normalises_the_features_it_was_computed_on():
+    waves, lens = _waves([6000, 9000, 4000], seed=5)
+    mean, std = fbf.compute_cmvn(waves[i, :n] for i, n in enumerate(lens.tolist()))
+    assert mean.shape == std.shape == (80,)
+    fe = fbf.FbankFrontend(8).eval()
+    fe.set_cmvn(mean, std)
+    feats, frames = fe.features(waves, lens)
+    real = feats[~_mask(frames.tolist(), feats.shape[1])]
+    assert real.mean(0).abs().max().item() < 1e-3
+    assert (real.std(0, unbiased=False) - 1).abs().max().item() < 1e-3
+
+
+def test_specaugment_masks_only_in_training_with_the_flag():
+    waves, lens = _waves([8000, 6000], seed=7)
+    plain = fbf.FbankFrontend(8).train()
+    aug = fbf.FbankFrontend(8, specaugment=True)
+    clean, frames = plain.features(waves, lens)  # training mode but flag off: untouched
+    assert torch.equal(aug.eval().features(waves, lens)[0], clean)
+    masked, _ = aug.train().features(waves, lens)
+    assert ((masked == 0) & (clean != 0)).any()
+
+
+def test_specaugment_masks_at_most_2x30_bins_and_2x40_real_frames():
+    frames = torch.tensor([100, 85, 50, 0])
+    for seed in range(20):
+        out = fbf.spec_augment(torch.ones(4, 100, 80), frames, torch.Generator().manual_seed(seed))
+        for i, n in enumerate(frames.tolist()):
+            x = out[i, :n]
+            bins, times = (x == 0).all(0), (x == 0).all(1)
+            assert ((x == 0) == (bins[None, :] | times[:, None])).all()  # only whole bands
+            assert times.sum() <= 2 * fbf.TIME_MASK_WIDTH
+            if n > 2 * fbf.TIME_MASK_WIDTH:  # some frame is left unmasked in time
+                assert bins.sum() <= 2 * fbf.FREQ_MASK_WIDTH
+            # time masks start inside the real frames and end within them when they fit
+            assert not (out[i, n:] == 0).all(1).any() or n < fbf.TIME_MASK_WIDTH
+
+
+def test_stats_command_writes_mean_and_std(tmp_path, monkeypatch):
+    waves, lens = _waves([5000, 7000], seed=9)
+    utts = [types.SimpleNamespace(path=f"u{i}.flac") for i in range(2)]
+    fake = types.ModuleType("data")  # data.py is tested on its own; here only its interface matters
+    fake.load_corpus = lambda paths: utts
+    fake.load_audio = lambda path: waves[int(path[1]), : lens[int(path[1])]]
+    monkeypatch.setitem(sys.modules, "data", fake)
+    out = tmp_path / "cmvn.pt"
+    fbf.main(fbf.parse_args(["stats", "--data", "somewhere", "--out", str(out)]))
+    mean, std = fbf.load_cmvn(out)
+    ref_mean, ref_std = fbf.compute_cmvn([waves[0, :5000], waves[1, :7000]])
+    assert torch.allclose(mean, ref_mean) and torch.allclose(std, ref_std)
+
+
+# ----------------------------------------------------------------------------------------------
+# pretrain.py: MFCC k-means targets, masked prediction, teacher export, exact resume
+
+
+TINY_PRETRAIN = ["--layers", "2", "--dim", "32", "--ffn", "64", "--heads", "2", "--conv-dim", "32",
+                 "--pos-conv-kernel", "8", "--pos-conv-groups", "4", "--final-dim", "16", "--clusters", "8",
+                 "--batch-seconds", "6", "--log-every", "1"]
+
+
+@pytest.fixture(scope="module")
+def tone_corpus(tmp_path_factory):
+    """A LibriSpeech-layout folder of 12 short utterances of stepped tones (1-2 s each)."""
+    root = tmp_path_factory.mktemp("tones")
+    folder = root / "1" / "2"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(12):
+        t = np.arange(int(rng.uniform(1.0, 2.0) * data.SAMPLE_RATE)) / data.SAMPLE_RATE
+        freqs = rng.uniform(150, 3000, size=5)[(t * 5).astype(int) % 5]  # a new tone every 200 ms
+        wave = 0.3 * np.sin(2 * np.pi * freqs * t) + 0.01 * rng.standard_normal(len(t))
+        sf.write(folder / f"1-2-{i:04d}.flac", wave.astype(np.float32), data.SAMPLE_RATE)
+        lines.append(f"1-2-{i:04d} A TONE")
+    (folder / "1-2.trans.txt").write_text("\n".join(lines) + "\n")
+    return str(root)
+
+
+def run_pretrain(corpus, out, *extra):
+    pretrain.main(pretrain.parse_args(["--data", corpus, "--out-dir", str(out), *TINY_PRETRAIN, *extra]))
+
+
+def test_kmeans_assigns_every_frame_to_its_nearest_centroid_and_lowers_inertia():
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randn(200, 5, generator=g) + 6 * torch.randn(1, 5, generator=g) for _ in range(4)])
+    seeding = pretrain.kmeans(x, 6, iterations=0, seed=0)
+    centroids = pretrain.kmeans(x, 6, iterations=50, seed=0)
+    brute = ((x[:, None, :] - centroids[None, :, :]) ** 2).sum(-1).argmin(1)
+    labels = pretrain.assign(x, centroids)
+    assert torch.equal(labels, brute)
+    assert pretrain.inertia(x, centroids) < pretrain.inertia(x, seeding)
+    for k in labels.unique():  # converged Lloyd: every centroid is the mean of its frames
+        assert torch.allclose(centroids[k], x[labels == k].mean(0), atol=1e-4)
+    assert torch.equal(centroids, pretrain.kmeans(x, 6, iterations=50, seed=0))  # seeded
+
+
+def test_mfcc_label_count_equals_cnn_frame_count_for_many_lengths():
+    layers = pretrain.conv_layers(8)
+    cnn = model.Encoder(model.EncoderConfig(conv_layers=layers, dim=16, layers=1, heads=2, ffn=16,
+                                            pos_conv_kernel=4, pos_conv_groups=2)).feature_extractor
+    for n in range(400, 12_000, 83):
+        wave = torch.randn(n)
+        with torch.no_grad():
+            T = cnn(wave[None], None)[0].shape[1]
+        assert pretrain.num_frames(n, layers) == T
+        units = torch.arange(len(pretrain.mfcc_features(wave)))[::pretrain.MFCC_PER_FRAME]
+        assert len(pretrain.mfcc_features(wave)) == (n - 400) // 160 + 1  # 25 ms / 10 ms kaldi frames
+        assert abs(len(units) - T) <= 1
+        assert len(pretrain.align_labels(units, T)) == T
+
+
+def test_masked_prediction_matches_torchaudio_hubert_pretrain_forward():
+    args = pretrain.parse_args(["--data", "x", "--out-dir", "x", *TINY_PRETRAIN])
+    hubert = pretrain.build_hubert(pretrain.encoder_config(args), 8, args).eval()
+    lengths = torch.tensor([16_000, 11_000])
+    waves = torch.randn(2, 16_000) * (torch.arange(16_000)[None] < lengths[:, None])
+    T = pretrain.num_frames(16_000, pretrain.conv_layers(args.conv_dim))
+    labels = torch.randint(8, (2, T))
+    torch.manual_seed(1)  # the same random mask in both calls
+    logit_m, logit_u, penalty = hubert(waves, labels, lengths)
+    torch.manual_seed(1)
+    out = pretrain.masked_prediction(hubert, waves, lengths, labels)
+    for ref, ours, units in [(logit_m, out["logits_m"], out["units_m"]), (logit_u, out["logits_u"], out["units_u"])]:
+        assert ref.shape == (len(units), 8 + 1)  # torchaudio: positive at 0, then all units
+        assert torch.allclose(ref[:, 0], ours.gather(1, units[:, None])[:, 0], atol=1e-4)
+        target0 = torch.zeros(len(ref), dtype=torch.long)
+        assert torch.allclose(F.cross_entropy(ref, target0), F.cross_entropy(ours, units), atol=1e-5)
+    assert torch.allclose(penalty, out["feature_penalty"])
+
+
+def test_pretrain_cli_writes_a_teacher_with_a_head_that_loads_weights_only(tone_corpus, tmp_path):
+    run_pretrain(tone_corpus, tmp_path, "--max-steps", "3")
+    ckpt = torch.load(tmp_path / "teacher.pt", weights_only=True)
+    assert ckpt["kind"] == "teacher" and ckpt["targets"]["features"] == "mfcc"
+    assert ckpt["targets"]["centroids"].shape == (8, 39)
+    teacher = model.load_teacher(str(tmp_path / "teacher.pt"))
+    assert teacher.head is not None and teacher.head.codewords.shape == (8, 16)
+    # The exported encoder computes exactly what torchaudio's trained wav2vec2 computes.
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    args = pretrain.parse_args(["--data", "x", "--out-dir", "x", *TINY_PRETRAIN])
+    hubert = pretrain.build_hubert(pretrain.encoder_config(args), 8, args).eval()
+    hubert.load_state_dict(state["hubert"])
+    waves, lengths = torch.randn(2, 12_000), torch.tensor([12_000, 9_000])
+    hidden, frame_lengths = teacher(waves, lengths)
+    with torch.no_grad():
+        ref, ref_lengths = hubert.wav2vec2(waves, lengths)
+    assert torch.equal(frame_lengths, ref_lengths)
+    assert torch.allclose(hidden[-1], ref, atol=1e-5)
+    logs = [json.loads(line) for line in open(tmp_path / "log.jsonl")]
+    assert [r["step"] for r in logs] == [1, 2, 3] and all(0 <= r["acc_m"] <= 1 for r in logs)
+
+
+class SimulatedCrash(Exception):
+    pass
+
+
+def test_resume_continues_exactly_from_the_saved_step(tone_corpus, tmp_path, monkeypatch):
+    run_pretrain(tone_corpus, tmp_path / "straight", "--max-steps", "4")
+    save = model.save_checkpoint
+
+    def crash_after_step_2(obj, path):
+        save(obj, path)
+        if obj.get("step") == 2:
+            raise SimulatedCrash
+
+    monkeypatch.setattr(model, "save_checkpoint", crash_after_step_2)
+    with pytest.raises(SimulatedCrash):
+        run_pretrain(tone_corpus, tmp_path / "resumed", "--max-steps", "4", "--save-every", "2")
+    monkeypatch.setattr(model, "save_checkpoint", save)
+    run_pretrain(tone_corpus, tmp_path / "resumed", "--max-steps", "4", "--resume")
+    logs = [json.loads(line) for line in open(tmp_path / "resumed" / "log.jsonl")]
+    assert [r["step"] for r in logs] == [1, 2, 3, 4]
+    a = torch.load(tmp_path / "straight" / "teacher.pt", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "teacher.pt", weights_only=True)
+    for k in a["encoder"]:
+        assert torch.equal(a["encoder"][k], b["encoder"][k]), k
+    assert torch.equal(a["head"]["codewords"], b["head"]["codewords"])
+
+
+def test_second_iteration_clusters_a_middle_layer_of_the_first_model(tone_corpus, tmp_path):
+    run_pretrain(tone_corpus, tmp_path, "--max-steps", "2", "--iterations", "2", "--clusters-iter2", "12")
+    assert os.path.exists(tmp_path / "iter1.pt")
+    ckpt = torch.load(tmp_path / "teacher.pt", weights_only=True)
+    assert ckpt["targets"]["iteration"] == 2 and ckpt["targets"]["features"] == "layer 1"
+    assert ckpt["targets"]["centroids"].shape == (12, 32) and ckpt["head"]["codewords"].shape == (12, 16)
+
+
+# ----------------------------------------------------------------------------------------------
+# finetune.py: CTC fine-tuning recipe, evaluation, transcription, export to transformers
+
+
+FT_CNN = [(32, 10, 5)] + [(32, 3, 2)] * 4 + [(32, 2, 2)] * 2  # HuBERT's strides, narrow channels
+FT_WORDS = "THE CAT SAW A DOG IT'S RED AND BLUE".split()
+
+
+def ft_write_corpus(root, speakers=2, per_speaker=3, seconds=(0.8, 1.6), seed=0):
+    """A LibriSpeech-layout folder of noise-and-tone utterances with random transcripts."""
+    rng = np.random.default_rng(seed)
+    for spk in range(speakers):
+        folder = os.path.join(root, str(100 + spk), "1")
+        os.makedirs(folder, exist_ok=True)
+        lines = []
+        for k in range(per_speaker):
+            utt = f"{100 + spk}-1-{k:04d}"
+            n = int(rng.uniform(*seconds) * data.SAMPLE_RATE)
+            t = np.arange(n) / data.SAMPLE_RATE
+            wave = 0.3 * np.sin(2 * np.pi * rng.uniform(100, 400) * t) + 0.05 * rng.standard_normal(n)
+            sf.write(os.path.join(folder, utt + ".flac"), wave.astype(np.float32), data.SAMPLE_RATE)
+            lines.append(utt + " " + " ".join(rng.choice(FT_WORDS, size=3)))
+        with open(os.path.join(folder, f"{100 + spk}-1.trans.txt"), "w") as f:
+            f.write("\n".join(lines) + "\n")
+    return root
+
+
+def ft_encoder(**overrides):
+    torch.manual_seed(0)
+    return model.build_student("tiny", conv_layers=FT_CNN, **overrides)
+
+
+def ft_ctc(**config):
+    ctc = model.CTCModel(ft_encoder(dropout=0.0, attention_dropout=0.0), model.CTCConfig(**config))
+    # A random head would also emit <s>, </s> and <unk>, which no transcript contains (so a
+    # trained model never does) and which transformers' tokenizer prints literally.
+    with torch.no_grad():
+        ctc.proj.bias[1:4] = -1e3
+    return ctc.eval()
+
+
+@pytest.fixture(scope="module")
+def ft_corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ft_corpus")
+    return ft_write_corpus(str(root / "train")), ft_write_corpus(str(root / "dev"), speakers=1, seed=1)
+
+
+@pytest.fixture(scope="module")
+def ft_student(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("ft_student") / "student.pt")
+    model.save_checkpoint(model.encoder_checkpoint(ft_encoder(), "student", preset="tiny"), path)
+    return path
+
+
+def ft_run(ft_corpus, ft_student, out_dir, *flags):
+    train_dir, dev_dir = ft_corpus
+    args = finetune.parse_args(["--init", ft_student, "--train", train_dir, "--valid", dev_dir,
+                                "--out-dir", str(out_dir), "--device", "cpu", "--lr", "1e-3",
+                                "--stages", "0,1,0", "--batch-seconds", "4", "--log-every", "1",
+                                "--mask-channel-length", "8", *flags])
+    finetune.main(args)
+    return model.load_checkpoint(os.path.join(out_dir, "last.pt"))
+
+
+def test_tri_stage_lr_matches_fairseq_at_stage_boundaries():
+    lr = lambda s: finetune.tri_stage_lr(s, 1000, 1e-3, (0.1, 0.4, 0.5))  # noqa: E731
+    assert lr(0) == pytest.approx(1e-5)                   # init_lr_scale 0.01
+    assert lr(50) == pytest.approx(1e-5 + (1e-3 - 1e-5) * 0.5)  # linear warm-up
+    assert lr(100) == pytest.approx(1e-3)                 # peak after warm-up
+    assert lr(499) == pytest.approx(1e-3)                 # hold
+    assert lr(500) == pytest.approx(1e-3)                 # decay starts at the peak
+    assert lr(750) == pytest.approx(1e-3 * 0.05 ** 0.5)   # exponential: geometric midpoint
+    assert lr(1000) == pytest.approx(5e-5)                # final_lr_scale 0.05
+    assert lr(5000) == pytest.approx(5e-5)                # and constant after
+    assert all(lr(s) >= lr(s + 1) for s in range(500, 1100))
+
+
+def test_max_train_hours_subset_is_deterministic_nested_and_within_budget():
+    utts = [data.Utterance(f"{s}-1-{k:04d}", "x.flac", random.Random(k).randint(16_000, 160_000))
+            for s in range(5) for k in range(40)]
+    ten = finetune.train_subset(utts, 0.1, seed=0)
+    assert ten == finetune.train_subset(list(reversed(utts)), 0.1, seed=0)  # file order does not matter
+    assert sum(u.num_samples for u in ten) <= 0.1 * 3600 * data.SAMPLE_RATE
+    one = finetune.train_subset(utts, 0.02, seed=0)
+    assert {u.id for u in one} < {u.id for u in ten}  # the small subset sits inside the large one
+    assert {u.id for u in finetune.train_subset(utts, 0.1, seed=1)} != {u.id for u in ten}
+    with pytest.raises(ValueError, match="less than the first utterance"):
+        finetune.train_subset(utts, 1e-6)
+
+
+def test_time_masks_cover_real_frames_only_at_about_the_fairseq_rate():
+    torch.manual_seed(0)
+    lengths = torch.tensor([500, 250, 30, 500])
+    masks = torch.stack([model.span_mask(lengths, 500, 0.65, 10, min_spans=2) for _ in range(50)])
+    assert not (masks & model.padding_mask(lengths, 500)).any()
+    share = masks[:, 0].float().mean().item()  # overlapping spans: about 1 - exp(-p) of the frames
+    assert abs(share - (1 - math.exp(-0.65))) < 0.05
+    assert masks[:, 2, :30].any(dim=1).all()  # short rows still get their min_spans
+    # A span count that rounds to zero masks nothing (fairseq / torchaudio would raise).
+    assert not model.span_mask(torch.tensor([64]), 64, 0.01, 64).any()
+
+
+def test_masking_uses_the_mask_embedding_and_channel_spans_and_is_off_in_eval():
+    ctc = ft_ctc(mask_prob=0.5, mask_length=4, mask_channel_prob=0.2, mask_channel_length=8)
+    x = torch.randn(2, 60, 64) + 10.0  # nothing here is 0 or equal to the embedding
+    lengths = torch.tensor([60, 20])
+    torch.manual_seed(1)
+    y = ctc.apply_mask(x.clone(), lengths)
+    zeroed = (y == 0).all(dim=1)  # (B, D) channels zeroed over all frames
+    assert zeroed.any() and not zeroed.all()
+    keep = ~zeroed[:, None, :]
+    time = ((y == ctc.mask_embedding) | ~keep).all(dim=-1)  # (B, T) frames set to the embedding
+    assert time[0].any() and time[1, :20].any() and not time[1, 20:].any()
+    untouched = ~time[..., None] & keep  # (B, T, D)
+    assert torch.equal(y[untouched], x[untouched])
+    waves, wave_lengths = torch.randn(2, 16_000), torch.tensor([16_000, 9_000])
+    off = ft_ctc()
+    off.load_state_dict(ctc.state_dict())
+    with torch.no_grad():
+        assert torch.equal(ctc(waves, wave_lengths)[0], off(waves, wave_lengths)[0])  # eval: no masks
+        ctc.train()
+        assert not torch.allclose(ctc(waves, wave_lengths)[0], off(waves, wave_lengths)[0])
+
+
+def test_frontend_never_trains_and_encoder_only_after_freeze_steps():
+    ctc = ft_ctc(mask_prob=0.5, mask_length=4).train()
+    waves, lengths = torch.randn(2, 16_000), torch.tensor([16_000, 12_000])
+    for train_encoder in (False, True):
+        ctc.zero_grad(set_to_none=True)
+        finetune.set_trainable(ctc, train_encoder)
+        ctc(waves, lengths)[0].sum().backward()
+        assert all(p.grad is None for p in ctc.encoder.feature_extractor.parameters())
+        assert ctc.proj.weight.grad is not None
+        transformer = list(ctc.encoder.encoder.parameters()) + [ctc.mask_embedding]
+        assert all((p.grad is not None) == train_encoder for p in transformer)
+
+
+def test_finetuning_keeps_encoder_frozen_then_trains_it_never_the_frontend(ft_corpus, ft_student, tmp_path, capsys):
+    init = model.load_checkpoint(ft_student)["encoder"]
+    frozen = ft_run(ft_corpus, ft_student, tmp_path / "a", "--max-steps", "2", "--freeze-steps", "2")
+    assert all(torch.equal(init[k], v) for k, v in frozen["encoder"].items())
+    trained = ft_run(ft_corpus, ft_student, tmp_path / "b", "--max-steps", "2", "--freeze-steps", "1",
+                           "--layerdrop", "0.0")
+    changed = {k for k, v in trained["encoder"].items() if not torch.equal(init[k], v)}
+    assert not any(k.startswith("feature_extractor.") for k in changed)
+    assert any(k.startswith("encoder.transformer.layers.") for k in changed)
+    assert trained["config"]["layerdrop"] == 0.0 and frozen["config"]["layerdrop"] == 0.1
+    assert re.search(r"dev WER \d+\.\d\d", capsys.readouterr().out)
+    assert os.path.isfile(tmp_path / "b" / "best.pt")
+
+
+def test_eval_prints_wer_per_set_and_writes_hypotheses(ft_corpus, tmp_path, capsys):
+    ckpt = str(tmp_path / "ctc.pt")
+    model.save_checkpoint(finetune.ctc_checkpoint(ft_ctc()), ckpt)
+    train_dir, dev_dir = ft_corpus
+    finetune.main(finetune.parse_args(["--eval", ckpt, "--data", dev_dir, train_dir, "--device", "cpu"]))
+    out = capsys.readouterr().out
+    assert len(re.findall(r"WER \d+\.\d\d \(\d+ utterances, greedy decoding", out)) == 2
+    hyps = open(tmp_path / "ctc.dev.hyp.txt").read().splitlines()
+    assert sorted(h.split("\t")[0] for h in hyps) == sorted(u.id for u in data.load_corpus([dev_dir]))
+
+
+def test_transcribe_accepts_8khz_stereo(tmp_path, capsys):
+    import torchaudio
+    ctc = ft_ctc()
+    ckpt = str(tmp_path / "ctc.pt")
+    model.save_checkpoint(finetune.ctc_checkpoint(ctc), ckpt)
+    rng = np.random.default_rng(0)
+    stereo = (0.1 * rng.standard_normal((12_000, 2))).astype(np.float32)  # 1.5 s at 8 kHz
+    path = str(tmp_path / "call.wav")
+    sf.write(path, stereo, 8_000)
+    finetune.main(finetune.parse_args(["--transcribe", ckpt, path, "--device", "cpu"]))
+    line = capsys.readouterr().out.rstrip("\n")
+    mono16k = torchaudio.functional.resample(torch.from_numpy(stereo).mean(1), 8_000, 16_000)
+    with torch.no_grad():
+        expected = finetune.greedy_decode(*ctc(mono16k[None], torch.tensor([len(mono16k)])))[0]
+    assert line == f"{path}\t{expected}"
+
+
+def test_beam_search_without_flashlight_text_says_what_to_install(tmp_path):
+    try:
+        import flashlight.lib.text  # noqa: F401
+        pytest.skip("flashlight-text is installed")
+    except ImportError:
+        pass
+    lm = tmp_path / "lm.arpa"
+    lm.write_text("")
+    args = finetune.parse_args(["--eval", "x.pt", "--data", "d", "--lm", str(lm)])
+    with pytest.raises(SystemExit, match="pip install flashlight-text"):
+        finetune.make_decoder(args)
+
+
+def test_beam_search_with_kenlm_and_lexicon_spells_lexicon_words(tmp_path):
+    pytest.importorskip("flashlight.lib.text")
+    (tmp_path / "lm.arpa").write_text(
+        "\n\\data\\\nngram 1=5\nngram 2=2\n\n\\1-grams:\n-1.0\t<unk>\t0\n-99\t<s>\t-0.3\n-1.0\t</s>\t0\n"
+        "-0.5\tHELLO\t-0.3\n-0.5\tWORLD\t-0.3\n\n\\2-grams:\n-0.2\t<s> HELLO\n-0.2\tHELLO WORLD\n\n\\end\\\n")
+    (tmp_path / "lexicon.txt").write_text("HELLO H E L L O |\nWORLD W O R L D |\n")
+    log_probs = torch.full((1, 40, len(data.VOCAB)), -10.0)
+    log_probs[0, :, data.BLANK] = -0.1
+    for i, c in enumerate("HELLO|WORLD"):  # one peaked frame per letter, blanks between
+        log_probs[0, 2 + 3 * i, data.VOCAB.index(c)], log_probs[0, 2 + 3 * i, data.BLANK] = 0.0, -5.0
+    log_probs = log_probs.log_softmax(-1)
+    args = finetune.parse_args(["--eval", "x.pt", "--data", "d", "--lm", str(tmp_path / "lm.arpa"),
+                                "--lexicon", str(tmp_path / "lexicon.txt"), "--beam", "10"])
+    decode, description = finetune.make_decoder(args)
+    assert decode(log_probs, torch.tensor([40])) == ["HELLO WORLD"]
+    assert description.startswith("beam search")
+
+
+def test_export_to_transformers_matches_logits_and_pipeline_transcript(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    ctc = ft_ctc(mask_prob=0.65, mask_channel_prob=0.5, mask_channel_length=8)
+    out = str(tmp_path / "hf")
+    checkpoints.export_huggingface(ctc, out)
+    assert sorted(os.listdir(out)) == sorted(["config.json", "model.safetensors", "vocab.json", "tokenizer_config.json",
+                                              "special_tokens_map.json", "preprocessor_config.json"])
+    hf = transformers.HubertForCTC.from_pretrained(out).eval()
+    rng = np.random.default_rng(0)
+    wave = (0.3 * np.sin(np.arange(24_000) / 7.0) + 0.1 * rng.standard_normal(24_000)).astype(np.float32)
+    x = torch.from_numpy(wave)[None]
+    with torch.no_grad():
+        ours, frame_lengths = ctc(x, torch.tensor([x.shape[1]]))
+        theirs = hf(x).logits.log_softmax(-1)
+    assert theirs.shape == ours.shape
+    assert torch.allclose(theirs, ours, atol=1e-4)
+    asr = transformers.pipeline("automatic-speech-recognition", model=out, device="cpu")
+    text = asr({"raw": wave, "sampling_rate": data.SAMPLE_RATE})["text"]
+    ours_text = finetune.greedy_decode(ours, frame_lengths)[0]
+    assert ours_text and " ".join(text.split()) == ours_text  # we also collapse repeated spaces
+
+
+def test_export_of_an_fbank_student_is_a_clear_error(tmp_path):
+    ctc = model.CTCModel(model.build_student("tiny", frontend="fbank"))
+    with pytest.raises(ValueError, match="Fbank"):
+        checkpoints.export_huggingface(ctc, str(tmp_path / "hf"))
