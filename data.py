@@ -19,6 +19,8 @@ import os
 import random
 import re
 import shutil
+import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +35,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 # Constants
 
 SAMPLE_RATE = 16_000  # Hz, what every HuBERT checkpoint expects
+MIN_SAMPLES = 400  # 25 ms: HuBERT's CNN receptive field and one fbank window; shorter audio has no frame
 AUDIO_SUFFIXES = (".flac", ".wav")  # audio files read_librispeech looks for
 VOCAB = ["<pad>", "<s>", "</s>", "<unk>", "|", "E", "T", "A", "O", "N", "I", "H", "S", "R", "D",
          "L", "U", "M", "W", "C", "F", "G", "Y", "P", "B", "V", "K", "'", "X", "J", "Q", "Z"]
@@ -80,6 +83,7 @@ class Utterance:
     path: str             # audio file
     num_samples: int      # length in samples at 16 kHz, after any resampling by load_audio
     text: str = None      # upper-case transcript, None for unlabelled audio
+    text_source: str = None  # "FILE:LINE" the transcript came from, for error messages
 
 
 def read_librispeech(root):
@@ -89,17 +93,24 @@ def read_librispeech(root):
     without a transcript line gets text None (fine for distillation, which needs no labels).
     """
     root = Path(root)
-    texts = {}
+    texts = {}  # id -> (text, "FILE:LINE")
     for trans in sorted(root.rglob("*.trans.txt")):
-        for line in trans.read_text().splitlines():
+        for number, line in enumerate(trans.read_text().splitlines(), 1):
             if line.strip():
                 utt_id, _, text = line.strip().partition(" ")
-                texts[utt_id] = normalize_text(text)
-    utterances = []
+                texts[utt_id] = (normalize_text(text), f"{trans}:{number}")
+    utterances, unreadable = [], []
     for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES):
-        info = sf.info(path)  # header only; the length load_audio returns (resample rounds up)
+        try:
+            info = sf.info(path)  # header only; the length load_audio returns (resample rounds up)
+        except (sf.LibsndfileError, RuntimeError, OSError) as e:
+            unreadable.append(f"{path} ({e})")
+            continue
         num_samples = math.ceil(info.frames * SAMPLE_RATE / info.samplerate)
-        utterances.append(Utterance(path.stem, str(path), num_samples, texts.get(path.stem)))
+        utterances.append(Utterance(path.stem, str(path), num_samples, *texts.get(path.stem, (None, None))))
+    if unreadable:  # stop before any work rather than fail in the middle of training
+        raise ValueError(f"{len(unreadable)} unreadable audio file(s): {', '.join(unreadable[:3])}"
+                         f"{', ...' if len(unreadable) > 3 else ''}; delete or re-encode them (FLAC or WAV)")
     return utterances
 
 
@@ -113,7 +124,7 @@ def read_manifest(tsv):
     lines = tsv.read_text().splitlines()
     root = Path(lines[0].strip())
     rows = [line.split("\t") for line in lines[1:] if line.strip()]
-    texts = [None] * len(rows)
+    texts, sources = [None] * len(rows), [None] * len(rows)
     for suffix in (".wrd", ".ltr"):
         label_file = tsv.with_suffix(suffix)
         if label_file.exists():
@@ -124,9 +135,14 @@ def read_manifest(tsv):
             if suffix == ".ltr":  # "H I | Y O U |" -> "HI YOU"
                 labels = [line.replace(" ", "").replace(WORD_SEP, " ") for line in labels]
             texts = [normalize_text(t) for t in labels]
+            sources = [f"{label_file}:{number}" for number in range(1, len(labels) + 1)]
             break
-    return [Utterance(Path(rel).stem, str(root / rel), int(n), text)
-            for (rel, n, *_), text in zip(rows, texts)]
+    missing = [str(root / rel) for rel, *_ in rows if not (root / rel).is_file()]  # headers: too slow here
+    if missing:
+        raise ValueError(f"{tsv}: {len(missing)} listed audio file(s) missing: {', '.join(missing[:3])}"
+                         f"{', ...' if len(missing) > 3 else ''}; fix the root on its first line or the paths")
+    return [Utterance(Path(rel).stem, str(root / rel), int(n), text, source)
+            for (rel, n, *_), text, source in zip(rows, texts, sources)]
 
 
 def load_corpus(paths):
@@ -151,12 +167,33 @@ def load_corpus(paths):
     return utterances
 
 
+def drop_short(utterances, quiet=False):
+    """Leave out utterances shorter than MIN_SAMPLES (they give no frame), naming them."""
+    kept = [u for u in utterances if u.num_samples >= MIN_SAMPLES]
+    short = [u.path for u in utterances if u.num_samples < MIN_SAMPLES]
+    if not kept:
+        raise ValueError(f"every utterance is shorter than {MIN_SAMPLES} samples (25 ms); nothing to use")
+    if short and not quiet:
+        print(f"warning: leaving out {len(short)} of {len(utterances)} utterances shorter than 25 ms "
+              f"(no CNN/fbank frame): {', '.join(short[:5])}{', ...' if len(short) > 5 else ''}",
+              file=sys.stderr, flush=True)
+    return kept
+
+
+class AudioError(ValueError):
+    """An audio file that cannot be decoded; the message names the file and the fix. A DataLoader
+    worker re-raises it with its traceback in front: the last line is the message."""
+
+
 def load_audio(path):
-    """Any audio file soundfile reads -> float32 [S] at 16 kHz mono (channels averaged)."""
+    """Any audio file soundfile reads -> float32 [S] at 16 kHz mono (channels averaged). Headers are
+    checked when a corpus is read; broken data (truncated, NaN) raises AudioError here."""
     try:
         wave, rate = sf.read(path, dtype="float32", always_2d=True)  # (S, channels)
     except (sf.LibsndfileError, RuntimeError, OSError) as e:
-        raise ValueError(f"{path}: cannot read audio ({e}); use a FLAC or WAV file") from None
+        raise AudioError(f"{path}: cannot read audio ({e}); delete or re-encode it (FLAC or WAV)") from None
+    if not np.isfinite(wave).all():
+        raise AudioError(f"{path}: audio holds NaN or infinite samples; delete or re-encode it")
     wave = torch.from_numpy(wave).mean(dim=1)
     if rate != SAMPLE_RATE:
         wave = torchaudio.functional.resample(wave, rate, SAMPLE_RATE)
@@ -240,12 +277,21 @@ def collate(items):
     return batch
 
 
+def ignore_stop_signals(worker_id):
+    """DataLoader workers ignore Ctrl-C and SIGTERM: the main process ends its step, saves, stops them."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def make_loader(utterances, batch_seconds, shuffle, seed, rank=0, world_size=1, num_workers=0):
     """DataLoader over length-bucketed batches, and its sampler (call sampler.set_epoch)."""
     sampler = BucketBatchSampler([u.num_samples for u in utterances], batch_seconds,
                                  shuffle=shuffle, seed=seed, rank=rank, world_size=world_size)
+    # Its own generator: each new epoch iterator draws a worker seed, which must not advance the
+    # global RNG (dropout, masks), or a resumed run would drift from an uninterrupted one.
     loader = DataLoader(AudioDataset(utterances), batch_sampler=sampler, collate_fn=collate,
-                        num_workers=num_workers)
+                        num_workers=num_workers, generator=torch.Generator().manual_seed(seed),
+                        worker_init_fn=ignore_stop_signals if num_workers else None)
     return loader, sampler
 
 # ----------------------------------------------------------------------------------------------

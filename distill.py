@@ -6,15 +6,22 @@ the teacher's distribution over HuBERT's codewords, the paper's Sec. 3.2), backw
 log. Defaults are the authors' (AdamW 2e-4, 7% warmup, betas 0.9/0.98, eps 1e-6, weight decay
 1e-6, clip 5). Fbank students first train only their front-end for --frontend-steps (Sec. 3.3).
 Runs unchanged under `torchrun --nproc_per_node=N distill.py ...` (DistributedDataParallel).
+Ctrl-C (or SIGTERM) stops at the next step with a checkpoint; --resume continues bit-exactly.
+`--bench` measures audio-seconds per second and FLOPs utilisation of one training step.
 
     python distill.py --teacher runs/teacher/teacher.pt --student tiny --data corpus/train \\
         --out-dir runs/tiny --max-steps 20 --disc-weight 0.5
+    python distill.py --bench                    # toy and HuBERT Base -> FitHuBERT, fp32 and bf16
 """
 import argparse
+import contextlib
 import json
 import os
 import random
+import shlex
+import signal
 import sys
+import threading
 import time
 
 import numpy as np
@@ -34,13 +41,13 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("data")
-    g.add_argument("--data", nargs="+", required=True,
+    g.add_argument("--data", nargs="+",
                    help="LibriSpeech-layout folders and/or fairseq .tsv manifests (transcripts not needed)")
     g.add_argument("--batch-seconds", type=float, default=32.0,
                    help="padded audio per batch and rank, seconds (the authors: 12 utterances ~ 150 s)")
     g.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
     g = p.add_argument_group("teacher")
-    g.add_argument("--teacher", required=True,
+    g.add_argument("--teacher",
                    help="fairseq .pt, Hugging Face folder, torchaudio:HUBERT_BASE, or a checkpoint of this project")
     g = p.add_argument_group("student")
     g.add_argument("--student", default="fithubert", choices=list(model.PRESETS), help="student preset")
@@ -75,14 +82,25 @@ def parse_args(argv=None):
     g.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
                    help="student autocast precision; the teacher stays fp32 under fp16 (s3prl #378)")
     g = p.add_argument_group("io")
-    g.add_argument("--out-dir", required=True, help="folder for checkpoint.pt, student.pt, log.jsonl, args.json")
+    g.add_argument("--out-dir", help="folder for checkpoint.pt, student.pt, log.jsonl, args.json")
     g.add_argument("--resume", action=argparse.BooleanOptionalAction, default=False,
                    help="continue exactly from OUT/checkpoint.pt")
     g.add_argument("--log-every", type=int, default=10, help="steps between progress lines")
     g.add_argument("--save-every", type=int, default=500, help="steps between checkpoints")
-    g.add_argument("--seed", type=int, default=0, help="random seed")
+    g.add_argument("--stop-after", type=int, help="end this run after N more steps, with a checkpoint to "
+                   "--resume from (time-boxed jobs); the LR schedule still spans --max-steps")
+    g.add_argument("--seed", type=int, default=0, help="random seed (rank r uses seed + r)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    g = p.add_argument_group("benchmark (--bench: no data, teacher or output needed)")
+    g.add_argument("--bench", action="store_true", help="time training steps of the toy and HuBERT "
+                   "Base -> FitHuBERT setups on random audio: audio-s/s and FLOPs utilisation")
+    g.add_argument("--bench-batch", type=int, default=4, help="utterances per benchmark batch")
+    g.add_argument("--bench-seconds", type=float, default=4.0, help="length of each benchmark utterance, seconds")
+    g.add_argument("--bench-steps", type=int, default=3, help="timed steps per setup, after one warm-up step")
     args = p.parse_args(argv)
+    missing = [f for f in ("teacher", "data", "out_dir") if not getattr(args, f)]
+    if missing and not args.bench:
+        p.error("the following arguments are required: " + ", ".join("--" + m.replace("_", "-") for m in missing))
     if args.target_layers:
         args.target_layers = [int(x) for x in args.target_layers.split(",")]
     return args
@@ -92,22 +110,29 @@ def parse_args(argv=None):
 # Shared training plumbing (finetune.py imports these)
 
 
+def pick_device(name):
+    """"auto" -> cuda when there is one, else cpu; anything else as torch names it."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def setup(args):
-    """Device, distributed process group (under torchrun), seeds. Returns (device, rank, world)."""
+    """Device, distributed process group (under torchrun), seeds. Returns (device, rank, world).
+
+    Each rank seeds with seed + rank, so that ranks draw different dropout masks; DDP copies rank
+    0's initial weights to every rank, and checkpoints keep every rank's RNG state."""
     rank, world = 0, 1
-    if args.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(args.device)
+    device = pick_device(args.device)
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         rank, world = dist.get_rank(), dist.get_world_size()
         if device.type == "cuda":
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
             torch.cuda.set_device(device)
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
+    random.seed(args.seed + rank)
+    np.random.seed(args.seed + rank)
+    torch.manual_seed(args.seed + rank)
     return device, rank, world
 
 
@@ -160,12 +185,92 @@ def set_rng_state(state):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def all_finite(value, device, world):
-    """True when the loss is finite on every rank (so all ranks stop together, torchaudio #3749)."""
-    bad = torch.tensor(0.0 if torch.isfinite(value).all() else 1.0, device=device)
+def gather_rng(world):
+    """rng_state() of every rank, in rank order, for the checkpoint (all ranks must call it)."""
+    states = [rng_state()] * world
     if world > 1:
-        dist.all_reduce(bad)
-    return bad.item() == 0
+        dist.all_gather_object(states, rng_state())
+    return states
+
+
+def check_ranks_agree(module, world):
+    """Raise if the parameters differ between ranks. DDP keeps them equal; a parameter it does not
+    know of, or a step one rank skipped, would let them drift apart silently. Compares per-tensor
+    sums (float64): equal tensors give equal sums, drifted ones practically never do."""
+    if world == 1:
+        return
+    sums = [None] * world
+    dist.all_gather_object(sums, [p.detach().double().sum().item() for p in module.parameters()])
+    if any(s != sums[0] for s in sums):
+        raise RuntimeError("parameters differ between ranks; this is a bug, please report it")
+
+
+def any_rank(flag, device, world):
+    """True when `flag` holds on any rank. One all-reduce, so that every rank takes the same branch:
+    a rank that stops alone leaves the others waiting in the next all-reduce (torchaudio #3749)."""
+    flag = torch.tensor(float(bool(flag)), device=device)
+    if world > 1:
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return flag.item() > 0
+
+
+def all_finite(value, device, world):
+    """True when the loss is finite on every rank (so all ranks stop together)."""
+    return not any_rank(not torch.isfinite(value).all(), device, world)
+
+
+def next_batch(batches):
+    """(batch, None), or (None, message) when an audio file turns out broken while decoding."""
+    try:
+        return next(batches), None
+    except data.AudioError as e:
+        return None, str(e).strip().splitlines()[-1].split("AudioError: ", 1)[-1]
+
+
+def no_sync_unless(model, last):
+    """DDP all-reduces gradients in every backward; while accumulating, only the last micro-batch's
+    needs to (the others add up locally)."""
+    if last or not isinstance(model, nn.parallel.DistributedDataParallel):
+        return contextlib.nullcontext()
+    return model.no_sync()
+
+
+class GracefulStop:
+    """Ctrl-C (SIGINT) or SIGTERM (a cluster's preemption; torchrun passes Ctrl-C on as SIGINT) asks
+    the loop to stop at the next step boundary, where all ranks agree (any_rank), save and exit
+    130. Stopping between steps keeps the checkpoint exact; an exception in the middle of a step
+    could leave it half applied. A second Ctrl-C stops at once, without saving."""
+
+    def __enter__(self):
+        self.requested, self.previous = False, {}
+        if threading.current_thread() is threading.main_thread():  # only it may set handlers
+            self.previous = {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+    def handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print(f"\n{signal.Signals(signum).name}: stopping after this step with a checkpoint "
+              f"(Ctrl-C again: stop now, without saving)", file=sys.stderr, flush=True)
+
+
+def resume_hint():
+    argv = sys.argv if "--resume" in sys.argv else sys.argv + ["--resume"]
+    return f"continue with: python {shlex.join(argv)} (under torchrun: the same torchrun command plus --resume)"
+
+
+def finish(code, message, rank, world):
+    """Print `message` (rank 0), leave the process group, exit with `code`."""
+    if rank == 0:
+        print(message, file=sys.stderr, flush=True)
+    if world > 1:
+        dist.destroy_process_group()
+    sys.exit(code)
 
 
 def format_duration(seconds):
@@ -261,11 +366,27 @@ def distiller_module(m):
     return m.module if isinstance(m, nn.parallel.DistributedDataParallel) else m
 
 
+def make_distiller(args, preset, student, teacher):
+    """The student with its regression heads (and discriminative head, and the Fbank stage-1
+    projection), as one module. Returns (distiller, pairs)."""
+    tcfg = teacher.config
+    pairs = model.distill_pairs(model.PRESETS[preset].style, student.config.layers, tcfg.layers,
+                                args.target_layers)
+    codewords = teacher.head.codewords.detach() if teacher.head is not None else None
+    heads = losses.DistillHeads(student.config.dim, tcfg.dim, pairs,
+                                args.disc_head if args.disc_weight > 0 else None, codewords, args.tau)
+    is_fbank = student.config.frontend == "fbank"
+    frontend_proj = nn.Linear(student.config.dim, tcfg.dim) if is_fbank else None
+    return Distiller(student, heads, frontend_proj), pairs
+
+
 # ----------------------------------------------------------------------------------------------
 # Main
 
 
 def main(args):
+    if args.bench:
+        return bench(args)
     device, rank, world = setup(args)
     start_run(args, rank)
     ckpt_path = os.path.join(args.out_dir, "checkpoint.pt")
@@ -273,34 +394,28 @@ def main(args):
     if args.resume and resume is None and rank == 0:
         print(f"--resume: no {ckpt_path} yet, starting from scratch", flush=True)
 
-    utterances = data.load_corpus(args.data)
+    utterances = data.drop_short(data.load_corpus(args.data), quiet=rank != 0)
     loader, sampler = data.make_loader(utterances, args.batch_seconds, shuffle=True, seed=args.seed,
                                        rank=rank, world_size=world, num_workers=args.num_workers)
     teacher = model.load_teacher(args.teacher).to(device)
     if args.disc_weight > 0 and teacher.head is None:
-        sys.exit(f"error: --disc-weight needs the teacher's prediction head (final_proj + codewords); "
-                 f"{args.teacher} has none (Hugging Face and fine-tuned checkpoints drop it)")
+        raise ValueError(f"--disc-weight needs the teacher's prediction head (final_proj + codewords); "
+                         f"{args.teacher} has none (Hugging Face and fine-tuned checkpoints drop it)")
 
     if resume:
         student = model.encoder_from_checkpoint(resume, ckpt_path)
     else:
         student = model.build_student(args.student, teacher, layers=args.layers, dim=args.dim,
                                       ffn=args.ffn, heads=args.heads)
-    tcfg = teacher.config
-    pairs = model.distill_pairs(model.PRESETS[args.student].style, student.config.layers,
-                                tcfg.layers, args.target_layers)
-    codewords = teacher.head.codewords.detach() if teacher.head is not None else None
-    heads = losses.DistillHeads(student.config.dim, tcfg.dim, pairs,
-                                args.disc_head if args.disc_weight > 0 else None, codewords, args.tau)
-    is_fbank = student.config.frontend == "fbank"
-    frontend_proj = nn.Linear(student.config.dim, tcfg.dim) if is_fbank else None
-    distiller = Distiller(student, heads, frontend_proj).to(device)
-    if is_fbank and resume is None:
+    distiller, pairs = make_distiller(args, args.student, student, teacher)
+    distiller.to(device)
+    if student.config.frontend == "fbank" and resume is None:
         set_cmvn(student, utterances, rank)
     if resume:
         distiller.load_state_dict(resume["distiller"])
     n_student = model.count_parameters(student) / 1e6
     n_heads = model.count_parameters(distiller) / 1e6 - n_student
+    tcfg = teacher.config
     if rank == 0:
         print(f"teacher {args.teacher}: {tcfg.layers}x{tcfg.dim}, {model.count_parameters(teacher) / 1e6:.2f}M | "
               f"student {args.student}: {student.config.layers}x{student.config.dim}, {n_student:.2f}M "
@@ -309,7 +424,7 @@ def main(args):
     if world > 1:
         distiller = nn.parallel.DistributedDataParallel(
             distiller, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=args.frontend_steps > 0)
+            find_unused_parameters=args.frontend_steps > 0 or student.config.layerdrop > 0)
 
     optimizer = torch.optim.AdamW(distiller.parameters(), lr=args.lr, betas=tuple(args.betas),
                                   eps=args.eps, weight_decay=args.weight_decay)
@@ -319,11 +434,15 @@ def main(args):
         optimizer.load_state_dict(resume["optimizer"])
         scaler.load_state_dict(resume["scaler"])
         step, data_state = resume["step"], dict(resume["data_state"])
-        set_rng_state(resume["rng"])
+        set_rng_state(resume["rng"][rank % len(resume["rng"])])  # exact with the same world size
         if rank == 0:
             print(f"resumed from {ckpt_path} at step {step}", flush=True)
+    saved_step = step if resume else None
 
-    def save(path, final=False):
+    def save(path, final=False):  # called by every rank: the RNG states are gathered
+        nonlocal saved_step
+        check_ranks_agree(distiller, world)
+        rngs = None if final else gather_rng(world)
         if rank != 0:
             return
         d = distiller_module(distiller)
@@ -335,49 +454,66 @@ def main(args):
             return
         model.save_checkpoint({**student_ckpt, "distiller": d.state_dict(), "optimizer": optimizer.state_dict(),
                                "scaler": scaler.state_dict(), "data_state": dict(data_state),
-                               "rng": rng_state()}, path)
+                               "rng": rngs}, path)
+        saved_step = step
 
     batches = batch_stream(loader, sampler, data_state)
     logger = Logger(args.out_dir, args.max_steps, rank)
     distiller.train()
     last_log = step
-    while step < args.max_steps:
-        frontend_only = step < args.frontend_steps
-        lr = lr_at(step, args.max_steps, args.lr, args.warmup)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        parts_sum = {}
-        for _ in range(args.grad_accum):
-            batch = next(batches)
-            waves, lengths = batch["waves"].to(device), batch["lengths"].to(device)
-            loss, parts = distill_loss(args, teacher, distiller, waves, lengths, frontend_only)
-            if not all_finite(loss.detach(), device, world):
-                msg = (f"error: non-finite loss ({loss.item()}) at step {step + 1}; stopping. The last good "
-                       f"checkpoint is {ckpt_path}; try a lower --lr or --precision fp32")
-                if world > 1:
-                    dist.destroy_process_group()
-                sys.exit(msg)
-            scaler.scale(loss / args.grad_accum).backward()
-            for k, v in parts.items():
-                parts_sum[k] = parts_sum.get(k, 0.0) + v / args.grad_accum
-            parts_sum["loss"] = parts_sum.get("loss", 0.0) + loss.item() / args.grad_accum
-            logger.add_audio(lengths.sum().item() / data.SAMPLE_RATE * world)
-        scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(distiller.parameters(), args.clip)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        if step % args.log_every == 0 or step == args.max_steps:
-            stage = {"stage": 1.0} if frontend_only else {}
-            logger.log(step, step - last_log, **{"loss": parts_sum.pop("loss"), **parts_sum, **stage,
-                                                 "grad_norm": float(grad_norm), "lr": lr})
-            last_log = step
-        if step % args.save_every == 0 or step == args.max_steps:
-            save(ckpt_path)
-    save(os.path.join(args.out_dir, "student.pt"), final=True)
-    if rank == 0:
-        print(f"done: {os.path.join(args.out_dir, 'student.pt')} (student for finetune.py --init)", flush=True)
+    stop_at = min(args.max_steps, step + args.stop_after) if args.stop_after else args.max_steps
+    with GracefulStop() as stopper:
+        while step < stop_at:
+            if any_rank(stopper.requested, device, world):  # every rank stops after the same step
+                save(ckpt_path)
+                finish(130, f"interrupted: the state after step {step} is in {ckpt_path}; {resume_hint()}", rank, world)
+            frontend_only = step < args.frontend_steps
+            lr = lr_at(step, args.max_steps, args.lr, args.warmup)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            parts_sum = {}
+            for micro in range(args.grad_accum):
+                batch, error = next_batch(batches)
+                if any_rank(error, device, world):
+                    if error:  # printed by the rank that read the file
+                        print(f"error: {error}", file=sys.stderr, flush=True)
+                    save(ckpt_path)
+                    finish(1, f"stopped on unreadable audio; the state after step {step} is in {ckpt_path}; "
+                              f"fix or remove the file, then {resume_hint()}", rank, world)
+                waves, lengths = batch["waves"].to(device), batch["lengths"].to(device)
+                with no_sync_unless(distiller, last=micro == args.grad_accum - 1):
+                    loss, parts = distill_loss(args, teacher, distiller, waves, lengths, frontend_only)
+                    if not all_finite(loss.detach(), device, world):  # not saved: the weights may be the cause
+                        found = ", ".join(f"{k} {v:.4g}" for k, v in parts.items())
+                        finish(1, f"error: non-finite loss at step {step + 1} ({found}); stopping. Last checkpoint: "
+                                  f"{ckpt_path if saved_step is not None else 'none'} (step {saved_step}). A teacher "
+                                  f"with broken weights fails at step 1; otherwise try a lower --lr or --precision fp32",
+                               rank, world)
+                    scaler.scale(loss / args.grad_accum).backward()
+                for k, v in parts.items():
+                    parts_sum[k] = parts_sum.get(k, 0.0) + v / args.grad_accum
+                parts_sum["loss"] = parts_sum.get("loss", 0.0) + loss.item() / args.grad_accum
+                logger.add_audio(lengths.sum().item() / data.SAMPLE_RATE * world)
+            scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(distiller.parameters(), args.clip)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            if step % args.log_every == 0 or step == args.max_steps:
+                stage = {"stage": 1.0} if frontend_only else {}
+                logger.log(step, step - last_log, **{"loss": parts_sum.pop("loss"), **parts_sum, **stage,
+                                                     "grad_norm": float(grad_norm), "lr": lr})
+                last_log = step
+            if step % args.save_every == 0 or step == stop_at:
+                save(ckpt_path)
+    if step < args.max_steps:  # --stop-after: a checkpoint, no student.pt yet
+        if rank == 0:
+            print(f"stopped after step {step} (--stop-after): {ckpt_path}; {resume_hint()}", flush=True)
+    else:
+        save(os.path.join(args.out_dir, "student.pt"), final=True)
+        if rank == 0:
+            print(f"done: {os.path.join(args.out_dir, 'student.pt')} (student for finetune.py --init)", flush=True)
     if world > 1:
         dist.destroy_process_group()
 
@@ -392,5 +528,113 @@ def set_cmvn(student, utterances, rank, max_utts=200):
         print(f"fbank CMVN from {len(sample)} utterances", flush=True)
 
 
+# ----------------------------------------------------------------------------------------------
+# Throughput benchmark (--bench): audio-seconds per second and model FLOPs utilisation (MFU)
+
+BENCH_SETUPS = {  # name: (teacher EncoderConfig fields, student preset); random weights, random audio
+    "toy": (dict(layers=4, dim=256, ffn=1024, heads=4,  # pretrain.py's default teacher
+                 conv_layers=[(128, k, s) for _, k, s in model.HUBERT_CNN]), "tiny"),
+    "base": ({}, "fithubert"),  # HuBERT Base (EncoderConfig defaults) -> FitHuBERT, the paper's main pair
+}
+BENCH_MAX_STEP_S = 30  # skip a precision whose step would take longer even at its matmul peak
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(device, dtype, min_seconds=0.05):
+    """FLOP/s of the best of 3 square torch.matmul in nn.Linear's layout (x @ W.T), n doubling from
+    512 until one takes min_seconds (or n = 16384): the machine's practical peak for that dtype."""
+    for n in (512, 1024, 2048, 4096, 8192, 16384):
+        a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+        times = []
+        for _ in range(4):  # the first call is a warm-up
+            sync(device)
+            t0 = time.perf_counter()
+            torch.matmul(a, b.t())
+            sync(device)
+            times.append(time.perf_counter() - t0)
+        if min(times[1:]) >= min_seconds:
+            break
+    return 2 * n ** 3 / min(times[1:])
+
+
+def bench(args):
+    """Time training steps (teacher forward, student forward and backward, AdamW) on random audio.
+
+    FLOPs are counted once, on the warm-up step, by torch.utils.flop_counter.FlopCounterMode
+    (matmuls, convolutions, attention; elementwise ops count 0). MFU = FLOPs per step / seconds
+    per step (median) / the matmul peak measured in the same run. A torch.profiler pass over one
+    more step names the ops that take the time."""
+    from torch.profiler import ProfilerActivity, profile
+    from torch.utils import flop_counter
+    device = pick_device(args.device)
+    torch.manual_seed(args.seed)
+    peaks = {"fp32": matmul_peak(device, torch.float32), "bf16": matmul_peak(device, torch.bfloat16)}
+    aten = torch.ops.aten  # CPU attention runs as flash_attention_for_cpu, which FlopCounterMode misses
+    cpu_attention = {aten._scaled_dot_product_flash_attention_for_cpu: lambda q, k, v, *_, out_shape=None,
+                     **__: flop_counter.sdpa_flop_count(q, k, v),
+                     aten._scaled_dot_product_flash_attention_for_cpu_backward: lambda g, q, k, v, *_,
+                     out_shape=None, **__: flop_counter.sdpa_backward_flop_count(g, q, k, v)}
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    print(f"{where}, torch {torch.__version__}; batch {args.bench_batch} x {args.bench_seconds:g} s; {args.bench_steps} "
+          f"timed steps after 1 warm-up; matmul peak fp32 {peaks['fp32'] / 1e9:.1f}, bf16 {peaks['bf16'] / 1e9:.1f} "
+          f"GFLOP/s", flush=True)
+    waves = 0.1 * torch.randn(args.bench_batch, int(args.bench_seconds * data.SAMPLE_RATE), device=device)
+    lengths = torch.full((args.bench_batch,), waves.shape[1], device=device)
+    rows = []
+    for setup_name, (teacher_fields, preset) in BENCH_SETUPS.items():
+        encoder = model.Encoder(model.EncoderConfig(**teacher_fields))
+        teacher = model.Teacher(encoder, model.PredictionHead(encoder.config.dim, 256, 504)).to(device)
+        flops = None
+        for precision in ("fp32", "bf16"):
+            if flops and flops / peaks[precision] > BENCH_MAX_STEP_S:
+                print(f"{setup_name} {precision}: skipped, a step would take >= {flops / peaks[precision]:.0f} s "
+                      f"at this device's {precision} matmul peak", flush=True)
+                continue
+            step_args = argparse.Namespace(**{**vars(args), "precision": precision})
+            distiller, _ = make_distiller(step_args, preset, model.build_student(preset, teacher), teacher)
+            distiller.to(device).train()
+            optimizer = torch.optim.AdamW(distiller.parameters(), lr=1e-5)
+
+            def train_step():
+                loss, _ = distill_loss(step_args, teacher, distiller, waves, lengths, False)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(distiller.parameters(), args.clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                sync(device)
+
+            with flop_counter.FlopCounterMode(display=False, custom_mapping=cpu_attention) as counter:
+                train_step()
+            flops = counter.get_total_flops()
+            times = []
+            for _ in range(args.bench_steps):
+                t0 = time.perf_counter()
+                train_step()
+                times.append(time.perf_counter() - t0)
+            seconds = sorted(times)[len(times) // 2]
+            with profile(activities=[ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * (device.type == "cuda")) as prof:
+                train_step()
+            key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+            ops = sorted(prof.key_averages(), key=lambda e: -getattr(e, key))
+            total = sum(getattr(e, key) for e in ops) or 1
+            rows.append({"setup": setup_name, "precision": precision, "gflop": flops / 1e9, "seconds": seconds,
+                         "audio_s_per_s": waves.numel() / data.SAMPLE_RATE / seconds,
+                         "mfu": flops / seconds / peaks["fp32"], "mfu_own": flops / seconds / peaks[precision],
+                         "top_ops": {e.key: getattr(e, key) / total for e in ops[:6]}})
+            r = rows[-1]
+            print(f"{setup_name} {precision}: {r['gflop']:.1f} GFLOP/step, {seconds:.3f} s/step, {r['audio_s_per_s']:.1f} "
+                  f"audio-s/s, MFU {100 * r['mfu']:.1f}% of the fp32 peak ({100 * r['mfu_own']:.1f}% of {precision}'s)"
+                  f"\n    time: " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in r["top_ops"].items()), flush=True)
+    return rows
+
 if __name__ == "__main__":
-    main(parse_args())
+    try:
+        main(parse_args())
+    except (ValueError, FileNotFoundError) as e:  # our own checks' one-line messages, no traceback
+        sys.exit(f"error: {e}")
+    except KeyboardInterrupt:  # a second Ctrl-C (the first one saves, see GracefulStop)
+        sys.exit(130)

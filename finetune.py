@@ -6,7 +6,9 @@ fairseq's HuBERT recipe (examples/hubert/config/finetune/base_10h.yaml), scaled 
 CNN / Fbank front-end always frozen, the encoder frozen for the first --freeze-steps updates,
 tri-stage learning rate, time and channel masking of the transformer input, layerdrop. Dev WER
 (jiwer) is measured every --eval-every steps and the best checkpoint kept. Decoding is greedy,
-or a beam search with a KenLM language model through torchaudio's CTC decoder.
+or a beam search with a KenLM language model through torchaudio's CTC decoder. Like distill.py it
+runs under torchrun (DDP; each rank decodes a share of the dev set), stops cleanly on Ctrl-C and
+resumes exactly with --resume.
 
     python finetune.py --init runs/tiny/student.pt --train corpus/train --valid corpus/dev \\
         --out-dir runs/tiny-ctc --max-steps 200 --freeze-steps 50 --lr 5e-4
@@ -25,12 +27,15 @@ from dataclasses import asdict, replace
 
 import jiwer
 import torch
+import torch.distributed as dist
+from torch import nn
 from tqdm import tqdm
 
 import checkpoints
 import data
 import model
-from distill import Logger, all_finite, autocast, batch_stream, rng_state, set_rng_state, setup, start_run
+from distill import (GracefulStop, Logger, all_finite, any_rank, autocast, batch_stream, check_ranks_agree, finish,
+                     gather_rng, next_batch, no_sync_unless, resume_hint, set_rng_state, setup, start_run)
 
 # ----------------------------------------------------------------------------------------------
 # Arguments
@@ -78,6 +83,7 @@ def parse_args(argv=None):
     g.add_argument("--eps", type=float, default=1e-8, help="Adam epsilon")
     g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
     g.add_argument("--clip", type=float, default=0.0, help="gradient norm clip (0 = off, as fairseq)")
+    g.add_argument("--grad-accum", type=int, default=1, help="batches per optimizer step")
     g.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="autocast precision")
     g = p.add_argument_group("decoding (greedy unless --lm or --lexicon; beam search needs flashlight-text)")
     g.add_argument("--lm", help="KenLM language model (.bin or .arpa) for beam search")
@@ -91,6 +97,8 @@ def parse_args(argv=None):
                    help="continue exactly from OUT/checkpoint.pt")
     g.add_argument("--log-every", type=int, default=10, help="steps between progress lines")
     g.add_argument("--eval-every", type=int, default=1000, help="steps between dev WER evaluations and checkpoints")
+    g.add_argument("--stop-after", type=int, help="end this run after N more steps, with a checkpoint to "
+                   "--resume from (time-boxed jobs); the LR schedule still spans --max-steps")
     g.add_argument("--seed", type=int, default=0, help="random seed")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     args = p.parse_args(argv)
@@ -247,16 +255,30 @@ def normalize_for_wer(text):
 
 
 @torch.no_grad()
-def evaluate(ctc, utterances, device, batch_seconds, decode=greedy_decode, desc=None):
-    """WER in percent (jiwer) and the (id, reference, hypothesis) rows; tqdm bar when desc is given."""
+def evaluate(ctc, utterances, device, batch_seconds, decode=greedy_decode, desc=None, rank=0, world=1):
+    """WER in percent (jiwer) and the (id, reference, hypothesis) rows, sorted by id; tqdm bar when
+    desc is given. Under DDP each rank decodes every world-th utterance and all ranks get all rows
+    (and the same AudioError, if one rank meets a broken file)."""
     ctc.eval()
-    loader, _ = data.make_loader(utterances, batch_seconds, shuffle=False, seed=0)
-    rows = []
-    with tqdm(total=len(utterances), desc=desc, unit="utt", disable=desc is None) as bar:
-        for batch in loader:
-            log_probs, frame_lengths = ctc(batch["waves"].to(device), batch["lengths"].to(device))
-            rows += zip(batch["ids"], batch["texts"], decode(log_probs, frame_lengths))
-            bar.update(len(batch["ids"]))
+    shard = utterances[rank::world]
+    loader, _ = data.make_loader(shard, batch_seconds, shuffle=False, seed=0)
+    rows, error = [], None
+    with tqdm(total=len(shard), desc=desc, unit="utt", disable=desc is None or rank > 0) as bar:
+        try:
+            for batch in loader:
+                log_probs, frame_lengths = ctc(batch["waves"].to(device), batch["lengths"].to(device))
+                rows += zip(batch["ids"], batch["texts"], decode(log_probs, frame_lengths))
+                bar.update(len(batch["ids"]))
+        except data.AudioError as e:
+            error = str(e)
+    if world > 1:
+        shards = [None] * world
+        dist.all_gather_object(shards, (rows, error))
+        rows = [row for shard, _ in shards for row in shard]
+        error = next((e for _, e in shards if e), None)
+    if error:
+        raise data.AudioError(error)
+    rows.sort()
     wer = jiwer.wer([normalize_for_wer(r) for _, r, _ in rows], [normalize_for_wer(h) for _, _, h in rows])
     return 100.0 * wer, rows
 
@@ -266,16 +288,18 @@ def evaluate(ctc, utterances, device, batch_seconds, decode=greedy_decode, desc=
 
 
 def run_eval(args):
-    device, _, _ = setup(args)
+    device, rank, world = setup(args)
     ctc = load_ctc(args.eval).to(device)
     decode, decoding = make_decoder(args)
     for path in args.data:
-        wer, rows = evaluate(ctc, data.load_corpus([path]), device, args.batch_seconds, decode, desc=path)
+        utterances = data.drop_short(data.load_corpus([path]), quiet=rank != 0)
+        wer, rows = evaluate(ctc, utterances, device, args.batch_seconds, decode, desc=path, rank=rank, world=world)
         name = os.path.splitext(os.path.basename(os.path.normpath(path)))[0]
         out = f"{os.path.splitext(args.eval)[0]}.{name}.hyp.txt"
-        with open(out, "w") as f:
-            f.writelines(f"{i}\t{h}\n" for i, _, h in rows)
-        print(f"{path}: WER {wer:.2f} ({len(rows)} utterances, {decoding}; hypotheses in {out})", flush=True)
+        if rank == 0:
+            with open(out, "w") as f:
+                f.writelines(f"{i}\t{h}\n" for i, _, h in rows)
+            print(f"{path}: WER {wer:.2f} ({len(rows)} utterances, {decoding}; hypotheses in {out})", flush=True)
 
 
 def run_transcribe(args):
@@ -285,6 +309,9 @@ def run_transcribe(args):
     print(f"# {decoding}", file=sys.stderr, flush=True)  # stdout stays FILE<TAB>TRANSCRIPT lines
     for path in args.transcribe[1:]:
         wave = data.load_audio(path)
+        if len(wave) < data.MIN_SAMPLES:
+            print(f"warning: {path}: {len(wave)} samples, shorter than one 25 ms frame", file=sys.stderr, flush=True)
+            wave = torch.nn.functional.pad(wave, (0, data.MIN_SAMPLES - len(wave)))  # silence: one frame
         with torch.no_grad():
             log_probs, frame_lengths = ctc(wave[None].to(device), torch.tensor([len(wave)], device=device))
         print(f"{path}\t{decode(log_probs, frame_lengths)[0]}", flush=True)
@@ -300,14 +327,14 @@ def run_export(args):
 
 
 def load_train_set(args, rank):
-    utterances = data.load_corpus(args.train)
+    utterances = data.drop_short(data.load_corpus(args.train), quiet=rank != 0)
     for u in utterances:  # a bad transcript fails now, not in the middle of training
         if not u.text:
-            sys.exit(f"error: {u.path}: no transcript; CTC fine-tuning needs transcribed audio")
+            raise ValueError(f"{u.path}: no transcript; CTC fine-tuning needs transcribed audio")
         try:
             data.encode(u.text)
         except ValueError as e:
-            sys.exit(f"error: {u.path}: {e}")
+            raise ValueError(f"{u.text_source or u.path} (audio {u.path}): {e}") from None
     if args.max_train_hours:
         utterances = train_subset(utterances, args.max_train_hours, args.subset_seed)
         if rank == 0:
@@ -322,7 +349,7 @@ def train(args):
     ckpt_path = os.path.join(args.out_dir, "checkpoint.pt")
     resume = model.load_checkpoint(ckpt_path) if args.resume and os.path.exists(ckpt_path) else None
     train_utts = load_train_set(args, rank)
-    valid_utts = data.load_corpus(args.valid) if args.valid else []
+    valid_utts = data.drop_short(data.load_corpus(args.valid), quiet=rank != 0) if args.valid else []
     loader, sampler = data.make_loader(train_utts, args.batch_seconds, shuffle=True, seed=args.seed,
                                        rank=rank, world_size=world, num_workers=args.num_workers)
     if resume:
@@ -334,8 +361,12 @@ def train(args):
             mask_length=args.mask_length, mask_channel_prob=args.mask_channel_prob,
             mask_channel_length=args.mask_channel_length))
     ctc.to(device)
-    set_trainable(ctc, train_encoder=True)
+    set_trainable(ctc, train_encoder=True)  # DDP registers the parameters that require grad now
     trainable = [p for p in ctc.parameters() if p.requires_grad]  # all but the front-end
+    # Some parameters get no gradient in a step (frozen encoder, layerdrop, mask embedding with
+    # masking off): DDP must look for them, or it waits for their gradients forever.
+    net = nn.parallel.DistributedDataParallel(ctc, device_ids=[device.index] if device.type == "cuda" else None,
+                                              find_unused_parameters=True) if world > 1 else ctc
     optimizer = torch.optim.AdamW(trainable, lr=args.lr, betas=tuple(args.betas), eps=args.eps,
                                   weight_decay=args.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
@@ -344,76 +375,110 @@ def train(args):
         optimizer.load_state_dict(resume["optimizer"])
         scaler.load_state_dict(resume["scaler"])
         step, data_state, best = resume["step"], dict(resume["data_state"]), resume["best_wer"]
-        set_rng_state(resume["rng"])
+        set_rng_state(resume["rng"][rank % len(resume["rng"])])  # exact with the same world size
     if rank == 0:
         hours = sum(u.num_samples for u in train_utts) / data.SAMPLE_RATE / 3600
         print(f"fine-tuning {model.count_parameters(ctc) / 1e6:.2f}M parameters "
               f"({sum(p.numel() for p in trainable) / 1e6:.2f}M trainable, encoder frozen for "
-              f"{args.freeze_steps} steps) on {len(train_utts)} utterances, {hours:.3g} h"
+              f"{args.freeze_steps} steps) on {len(train_utts)} utterances, {hours:.3g} h, device {device} x{world}"
               + (f"; resumed at step {step}" if resume else ""), flush=True)
         if args.freeze_steps >= args.max_steps:
             print(f"note: --freeze-steps {args.freeze_steps} >= --max-steps {args.max_steps}: only the CTC "
                   f"head will train", flush=True)
+    saved_step = step if resume else None
 
-    def save(path, full=True):
+    def save(path, full=True):  # called by every rank: full checkpoints gather the RNG states
+        nonlocal saved_step
+        check_ranks_agree(ctc, world)
+        rngs = gather_rng(world) if full else None
         if rank != 0:
             return
         extra = dict(step=step, best_wer=best, args=vars(args))
         if full:
             extra.update(optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
-                         data_state=dict(data_state), rng=rng_state())
+                         data_state=dict(data_state), rng=rngs)
+            saved_step = step
         model.save_checkpoint(ctc_checkpoint(ctc, **extra), path)
+
+    def stop_on_bad_audio(error):  # every rank calls it; the state after `step` is saved
+        if error:
+            print(f"error: {error}", file=sys.stderr, flush=True)
+        save(ckpt_path)
+        finish(1, f"stopped on unreadable audio; the state after step {step} is in {ckpt_path}; "
+                  f"fix or remove the file, then {resume_hint()}", rank, world)
 
     batches = batch_stream(loader, sampler, data_state)
     logger = Logger(args.out_dir, args.max_steps, rank)
     last_log = step
-    while step < args.max_steps:
-        ctc.train()
-        frozen = step < args.freeze_steps
-        set_trainable(ctc, train_encoder=not frozen)
-        lr = tri_stage_lr(step, args.max_steps, args.lr, args.stages)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        batch = next(batches)
-        waves, lengths = batch["waves"].to(device), batch["lengths"].to(device)
-        targets, target_lengths = batch["targets"].to(device), batch["target_lengths"].to(device)
-        with autocast(device, args.precision):
-            log_probs, frame_lengths = ctc(waves, lengths)
-        # fairseq's ctc criterion with sentence_avg: summed over frames, averaged over utterances
-        loss = torch.nn.functional.ctc_loss(
-            log_probs.float().transpose(0, 1), targets.clamp(min=0), frame_lengths, target_lengths,
-            blank=data.BLANK, reduction="sum", zero_infinity=True) / len(waves)
-        if not all_finite(loss.detach(), device, world):
-            sys.exit(f"error: non-finite CTC loss at step {step + 1}; last good checkpoint: {ckpt_path}; "
-                     f"try a lower --lr or --precision fp32")
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, args.clip or math.inf)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        logger.add_audio(lengths.sum().item() / data.SAMPLE_RATE * world)
-        if step % args.log_every == 0 or step == args.max_steps:
-            logger.log(step, step - last_log, ctc=loss.item(), grad_norm=float(grad_norm),
-                       frozen=float(frozen), lr=lr)
-            last_log = step
-        if valid_utts and rank == 0 and (step % args.eval_every == 0 or step == args.max_steps):
-            wer, _ = evaluate(ctc, valid_utts, device, args.batch_seconds)
-            print(f"step {step}: dev WER {wer:.2f}", flush=True)
-            with open(os.path.join(args.out_dir, "log.jsonl"), "a") as f:
-                f.write(json.dumps({"step": step, "dev_wer": wer}) + "\n")
-            if wer < best:
-                best = wer
-                save(os.path.join(args.out_dir, "best.pt"), full=False)
-        if step % args.eval_every == 0 or step == args.max_steps:
-            save(ckpt_path)
-    save(os.path.join(args.out_dir, "last.pt"), full=False)
-    if not valid_utts:
-        save(os.path.join(args.out_dir, "best.pt"), full=False)
-    if rank == 0:
-        result = f"best dev WER {best:.2f}" if valid_utts else "no --valid set: best.pt = last.pt"
-        print(f"done: {result}; {os.path.join(args.out_dir, 'best.pt')}", flush=True)
+    stop_at = min(args.max_steps, step + args.stop_after) if args.stop_after else args.max_steps
+    with GracefulStop() as stopper:
+        while step < stop_at:
+            if any_rank(stopper.requested, device, world):  # every rank stops after the same step
+                save(ckpt_path)
+                finish(130, f"interrupted: the state after step {step} is in {ckpt_path}; {resume_hint()}", rank, world)
+            ctc.train()
+            frozen = step < args.freeze_steps
+            set_trainable(ctc, train_encoder=not frozen)
+            lr = tri_stage_lr(step, args.max_steps, args.lr, args.stages)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss_sum = 0.0
+            for micro in range(args.grad_accum):
+                batch, error = next_batch(batches)
+                if any_rank(error, device, world):
+                    stop_on_bad_audio(error)
+                waves, lengths = batch["waves"].to(device), batch["lengths"].to(device)
+                targets, target_lengths = batch["targets"].to(device), batch["target_lengths"].to(device)
+                with no_sync_unless(net, last=micro == args.grad_accum - 1):
+                    with autocast(device, args.precision):
+                        log_probs, frame_lengths = net(waves, lengths)
+                    # fairseq's ctc criterion with sentence_avg: summed over frames, averaged over utterances
+                    loss = torch.nn.functional.ctc_loss(
+                        log_probs.float().transpose(0, 1), targets.clamp(min=0), frame_lengths, target_lengths,
+                        blank=data.BLANK, reduction="sum", zero_infinity=True) / len(waves)
+                    if not all_finite(loss.detach(), device, world):  # not saved: the weights may be the cause
+                        finish(1, f"error: non-finite CTC loss at step {step + 1}; stopping. Last checkpoint: "
+                                  f"{ckpt_path if saved_step is not None else 'none'} (step {saved_step}); "
+                                  f"try a lower --lr or --precision fp32", rank, world)
+                    scaler.scale(loss / args.grad_accum).backward()
+                loss_sum += loss.item() / args.grad_accum
+                logger.add_audio(lengths.sum().item() / data.SAMPLE_RATE * world)
+            scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, args.clip or math.inf)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            if step % args.log_every == 0 or step == args.max_steps:
+                logger.log(step, step - last_log, ctc=loss_sum, grad_norm=float(grad_norm),
+                           frozen=float(frozen), lr=lr)
+                last_log = step
+            if valid_utts and (step % args.eval_every == 0 or step == args.max_steps):
+                try:  # every rank decodes a share
+                    wer, _ = evaluate(ctc, valid_utts, device, args.batch_seconds, rank=rank, world=world)
+                except data.AudioError as e:  # raised on every rank alike
+                    stop_on_bad_audio(str(e) if rank == 0 else None)
+                if rank == 0:
+                    print(f"step {step}: dev WER {wer:.2f}", flush=True)
+                    with open(os.path.join(args.out_dir, "log.jsonl"), "a") as f:
+                        f.write(json.dumps({"step": step, "dev_wer": wer}) + "\n")
+                if wer < best:
+                    best = wer
+                    save(os.path.join(args.out_dir, "best.pt"), full=False)
+            if step % args.eval_every == 0 or step == stop_at:
+                save(ckpt_path)
+    if step < args.max_steps:  # --stop-after: a checkpoint, no last.pt yet
+        if rank == 0:
+            print(f"stopped after step {step} (--stop-after): {ckpt_path}; {resume_hint()}", flush=True)
+    else:
+        save(os.path.join(args.out_dir, "last.pt"), full=False)
+        if not valid_utts:
+            save(os.path.join(args.out_dir, "best.pt"), full=False)
+        if rank == 0:
+            result = f"best dev WER {best:.2f}" if valid_utts else "no --valid set: best.pt = last.pt"
+            print(f"done: {result}; {os.path.join(args.out_dir, 'best.pt')}", flush=True)
+    if world > 1:
+        dist.destroy_process_group()
 
 
 def main(args):
@@ -428,4 +493,9 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    try:
+        main(parse_args())
+    except (ValueError, FileNotFoundError) as e:  # our own checks' one-line messages, no traceback
+        sys.exit(f"error: {e}")
+    except KeyboardInterrupt:  # a second Ctrl-C (the first one saves, see distill.GracefulStop)
+        sys.exit(130)

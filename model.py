@@ -213,7 +213,15 @@ class Teacher(nn.Module):
 def save_checkpoint(obj, path):
     """torch.save to a temp file, then os.replace: a crash mid-write leaves the old file intact."""
     tmp = f"{path}.tmp"
-    torch.save(obj, tmp)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before it takes the old file's name (power loss)
+    except BaseException:
+        if os.path.exists(tmp):  # a partial file must not be mistaken for a checkpoint
+            os.remove(tmp)
+        raise
     os.replace(tmp, path)
 
 
