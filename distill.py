@@ -7,11 +7,10 @@ log. Defaults are the authors' (AdamW 2e-4, 7% warmup, betas 0.9/0.98, eps 1e-6,
 1e-6, clip 5). Fbank students first train only their front-end for --frontend-steps (Sec. 3.3).
 Runs unchanged under `torchrun --nproc_per_node=N distill.py ...` (DistributedDataParallel).
 Ctrl-C (or SIGTERM) stops at the next step with a checkpoint; --resume continues bit-exactly.
-`--bench` measures audio-seconds per second and FLOPs utilisation of one training step.
+Throughput of this step (audio-s/s, FLOPs utilisation): bench.py.
 
     python distill.py --teacher runs/teacher/teacher.pt --student tiny --data corpus/train \\
         --out-dir runs/tiny --max-steps 20 --disc-weight 0.5
-    python distill.py --bench                    # toy and HuBERT Base -> FitHuBERT, fp32 and bf16
 """
 import argparse
 import contextlib
@@ -41,13 +40,13 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("data")
-    g.add_argument("--data", nargs="+",
+    g.add_argument("--data", nargs="+", required=True,
                    help="LibriSpeech-layout folders and/or fairseq .tsv manifests (transcripts not needed)")
     g.add_argument("--batch-seconds", type=float, default=32.0,
                    help="padded audio per batch and rank, seconds (the authors: 12 utterances ~ 150 s)")
     g.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
     g = p.add_argument_group("teacher")
-    g.add_argument("--teacher",
+    g.add_argument("--teacher", required=True,
                    help="fairseq .pt, Hugging Face folder, torchaudio:HUBERT_BASE, or a checkpoint of this project")
     g = p.add_argument_group("student")
     g.add_argument("--student", default="fithubert", choices=list(model.PRESETS), help="student preset")
@@ -82,7 +81,7 @@ def parse_args(argv=None):
     g.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
                    help="student autocast precision; the teacher stays fp32 under fp16 (s3prl #378)")
     g = p.add_argument_group("io")
-    g.add_argument("--out-dir", help="folder for checkpoint.pt, student.pt, log.jsonl, args.json")
+    g.add_argument("--out-dir", required=True, help="folder for checkpoint.pt, student.pt, log.jsonl, args.json")
     g.add_argument("--resume", action=argparse.BooleanOptionalAction, default=False,
                    help="continue exactly from OUT/checkpoint.pt")
     g.add_argument("--log-every", type=int, default=10, help="steps between progress lines")
@@ -91,16 +90,7 @@ def parse_args(argv=None):
                    "--resume from (time-boxed jobs); the LR schedule still spans --max-steps")
     g.add_argument("--seed", type=int, default=0, help="random seed (rank r uses seed + r)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    g = p.add_argument_group("benchmark (--bench: no data, teacher or output needed)")
-    g.add_argument("--bench", action="store_true", help="time training steps of the toy and HuBERT "
-                   "Base -> FitHuBERT setups on random audio: audio-s/s and FLOPs utilisation")
-    g.add_argument("--bench-batch", type=int, default=4, help="utterances per benchmark batch")
-    g.add_argument("--bench-seconds", type=float, default=4.0, help="length of each benchmark utterance, seconds")
-    g.add_argument("--bench-steps", type=int, default=3, help="timed steps per setup, after one warm-up step")
     args = p.parse_args(argv)
-    missing = [f for f in ("teacher", "data", "out_dir") if not getattr(args, f)]
-    if missing and not args.bench:
-        p.error("the following arguments are required: " + ", ".join("--" + m.replace("_", "-") for m in missing))
     if args.target_layers:
         args.target_layers = [int(x) for x in args.target_layers.split(",")]
     return args
@@ -124,12 +114,14 @@ def setup(args):
     0's initial weights to every rank, and checkpoints keep every rank's RNG state."""
     rank, world = 0, 1
     device = pick_device(args.device)
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+    distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ  # set by torchrun
+    if distributed and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))  # one GPU per process
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # before NCCL starts; and checkpoints keep this GPU's RNG state
+    if distributed:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         rank, world = dist.get_rank(), dist.get_world_size()
-        if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-            torch.cuda.set_device(device)
     random.seed(args.seed + rank)
     np.random.seed(args.seed + rank)
     torch.manual_seed(args.seed + rank)
@@ -170,8 +162,8 @@ def rng_state():
     _, keys, pos, has_gauss, cached = np.random.get_state()
     state = {"torch": torch.get_rng_state(), "python": [version, list(mt), gauss],
              "numpy": [torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_initialized():  # this process's GPU only (all GPUs would wake every one of them)
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
@@ -182,7 +174,17 @@ def set_rng_state(state):
     keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def check_same_start(resume, world):
+    """All ranks must resume from the same checkpoint; a rank that finds none would start over."""
+    steps = [resume["step"] if resume else None] * world
+    if world > 1:
+        dist.all_gather_object(steps, steps[0])
+    if len(set(steps)) > 1:
+        raise ValueError(f"the ranks found different checkpoints to resume from (steps {steps}); "
+                         f"--out-dir must be a folder that every node shares")
 
 
 def gather_rng(world):
@@ -236,10 +238,9 @@ def no_sync_unless(model, last):
 
 
 class GracefulStop:
-    """Ctrl-C (SIGINT) or SIGTERM (a cluster's preemption; torchrun passes Ctrl-C on as SIGINT) asks
-    the loop to stop at the next step boundary, where all ranks agree (any_rank), save and exit
-    130. Stopping between steps keeps the checkpoint exact; an exception in the middle of a step
-    could leave it half applied. A second Ctrl-C stops at once, without saving."""
+    """Ctrl-C (SIGINT; torchrun forwards it) or SIGTERM (preemption) asks the loop to stop at the
+    next step boundary, where all ranks agree (any_rank), save and exit 130: a checkpoint taken
+    mid-step would not be exact. A second Ctrl-C stops at once, without saving."""
 
     def __enter__(self):
         self.requested, self.previous = False, {}
@@ -385,14 +386,13 @@ def make_distiller(args, preset, student, teacher):
 
 
 def main(args):
-    if args.bench:
-        return bench(args)
     device, rank, world = setup(args)
     start_run(args, rank)
     ckpt_path = os.path.join(args.out_dir, "checkpoint.pt")
     resume = model.load_checkpoint(ckpt_path) if args.resume and os.path.exists(ckpt_path) else None
     if args.resume and resume is None and rank == 0:
         print(f"--resume: no {ckpt_path} yet, starting from scratch", flush=True)
+    check_same_start(resume, world)
 
     utterances = data.drop_short(data.load_corpus(args.data), quiet=rank != 0)
     loader, sampler = data.make_loader(utterances, args.batch_seconds, shuffle=True, seed=args.seed,
@@ -527,109 +527,6 @@ def set_cmvn(student, utterances, rank, max_utts=200):
     if rank == 0:
         print(f"fbank CMVN from {len(sample)} utterances", flush=True)
 
-
-# ----------------------------------------------------------------------------------------------
-# Throughput benchmark (--bench): audio-seconds per second and model FLOPs utilisation (MFU)
-
-BENCH_SETUPS = {  # name: (teacher EncoderConfig fields, student preset); random weights, random audio
-    "toy": (dict(layers=4, dim=256, ffn=1024, heads=4,  # pretrain.py's default teacher
-                 conv_layers=[(128, k, s) for _, k, s in model.HUBERT_CNN]), "tiny"),
-    "base": ({}, "fithubert"),  # HuBERT Base (EncoderConfig defaults) -> FitHuBERT, the paper's main pair
-}
-BENCH_MAX_STEP_S = 30  # skip a precision whose step would take longer even at its matmul peak
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def matmul_peak(device, dtype, min_seconds=0.05):
-    """FLOP/s of the best of 3 square torch.matmul in nn.Linear's layout (x @ W.T), n doubling from
-    512 until one takes min_seconds (or n = 16384): the machine's practical peak for that dtype."""
-    for n in (512, 1024, 2048, 4096, 8192, 16384):
-        a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
-        times = []
-        for _ in range(4):  # the first call is a warm-up
-            sync(device)
-            t0 = time.perf_counter()
-            torch.matmul(a, b.t())
-            sync(device)
-            times.append(time.perf_counter() - t0)
-        if min(times[1:]) >= min_seconds:
-            break
-    return 2 * n ** 3 / min(times[1:])
-
-
-def bench(args):
-    """Time training steps (teacher forward, student forward and backward, AdamW) on random audio.
-
-    FLOPs are counted once, on the warm-up step, by torch.utils.flop_counter.FlopCounterMode
-    (matmuls, convolutions, attention; elementwise ops count 0). MFU = FLOPs per step / seconds
-    per step (median) / the matmul peak measured in the same run. A torch.profiler pass over one
-    more step names the ops that take the time."""
-    from torch.profiler import ProfilerActivity, profile
-    from torch.utils import flop_counter
-    device = pick_device(args.device)
-    torch.manual_seed(args.seed)
-    peaks = {"fp32": matmul_peak(device, torch.float32), "bf16": matmul_peak(device, torch.bfloat16)}
-    aten = torch.ops.aten  # CPU attention runs as flash_attention_for_cpu, which FlopCounterMode misses
-    cpu_attention = {aten._scaled_dot_product_flash_attention_for_cpu: lambda q, k, v, *_, out_shape=None,
-                     **__: flop_counter.sdpa_flop_count(q, k, v),
-                     aten._scaled_dot_product_flash_attention_for_cpu_backward: lambda g, q, k, v, *_,
-                     out_shape=None, **__: flop_counter.sdpa_backward_flop_count(g, q, k, v)}
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
-    print(f"{where}, torch {torch.__version__}; batch {args.bench_batch} x {args.bench_seconds:g} s; {args.bench_steps} "
-          f"timed steps after 1 warm-up; matmul peak fp32 {peaks['fp32'] / 1e9:.1f}, bf16 {peaks['bf16'] / 1e9:.1f} "
-          f"GFLOP/s", flush=True)
-    waves = 0.1 * torch.randn(args.bench_batch, int(args.bench_seconds * data.SAMPLE_RATE), device=device)
-    lengths = torch.full((args.bench_batch,), waves.shape[1], device=device)
-    rows = []
-    for setup_name, (teacher_fields, preset) in BENCH_SETUPS.items():
-        encoder = model.Encoder(model.EncoderConfig(**teacher_fields))
-        teacher = model.Teacher(encoder, model.PredictionHead(encoder.config.dim, 256, 504)).to(device)
-        flops = None
-        for precision in ("fp32", "bf16"):
-            if flops and flops / peaks[precision] > BENCH_MAX_STEP_S:
-                print(f"{setup_name} {precision}: skipped, a step would take >= {flops / peaks[precision]:.0f} s "
-                      f"at this device's {precision} matmul peak", flush=True)
-                continue
-            step_args = argparse.Namespace(**{**vars(args), "precision": precision})
-            distiller, _ = make_distiller(step_args, preset, model.build_student(preset, teacher), teacher)
-            distiller.to(device).train()
-            optimizer = torch.optim.AdamW(distiller.parameters(), lr=1e-5)
-
-            def train_step():
-                loss, _ = distill_loss(step_args, teacher, distiller, waves, lengths, False)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(distiller.parameters(), args.clip)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                sync(device)
-
-            with flop_counter.FlopCounterMode(display=False, custom_mapping=cpu_attention) as counter:
-                train_step()
-            flops = counter.get_total_flops()
-            times = []
-            for _ in range(args.bench_steps):
-                t0 = time.perf_counter()
-                train_step()
-                times.append(time.perf_counter() - t0)
-            seconds = sorted(times)[len(times) // 2]
-            with profile(activities=[ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * (device.type == "cuda")) as prof:
-                train_step()
-            key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
-            ops = sorted(prof.key_averages(), key=lambda e: -getattr(e, key))
-            total = sum(getattr(e, key) for e in ops) or 1
-            rows.append({"setup": setup_name, "precision": precision, "gflop": flops / 1e9, "seconds": seconds,
-                         "audio_s_per_s": waves.numel() / data.SAMPLE_RATE / seconds,
-                         "mfu": flops / seconds / peaks["fp32"], "mfu_own": flops / seconds / peaks[precision],
-                         "top_ops": {e.key: getattr(e, key) / total for e in ops[:6]}})
-            r = rows[-1]
-            print(f"{setup_name} {precision}: {r['gflop']:.1f} GFLOP/step, {seconds:.3f} s/step, {r['audio_s_per_s']:.1f} "
-                  f"audio-s/s, MFU {100 * r['mfu']:.1f}% of the fp32 peak ({100 * r['mfu_own']:.1f}% of {precision}'s)"
-                  f"\n    time: " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in r["top_ops"].items()), flush=True)
-    return rows
 
 if __name__ == "__main__":
     try:

@@ -34,8 +34,9 @@ from tqdm import tqdm
 import checkpoints
 import data
 import model
-from distill import (GracefulStop, Logger, all_finite, any_rank, autocast, batch_stream, check_ranks_agree, finish,
-                     gather_rng, next_batch, no_sync_unless, resume_hint, set_rng_state, setup, start_run)
+from distill import (GracefulStop, Logger, all_finite, any_rank, autocast, batch_stream, check_ranks_agree,
+                     check_same_start, finish, gather_rng, next_batch, no_sync_unless, resume_hint, set_rng_state,
+                     setup, start_run)
 
 # ----------------------------------------------------------------------------------------------
 # Arguments
@@ -348,6 +349,7 @@ def train(args):
     start_run(args, rank)
     ckpt_path = os.path.join(args.out_dir, "checkpoint.pt")
     resume = model.load_checkpoint(ckpt_path) if args.resume and os.path.exists(ckpt_path) else None
+    check_same_start(resume, world)
     train_utts = load_train_set(args, rank)
     valid_utts = data.drop_short(data.load_corpus(args.valid), quiet=rank != 0) if args.valid else []
     loader, sampler = data.make_loader(train_utts, args.batch_seconds, shuffle=True, seed=args.seed,

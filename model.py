@@ -31,6 +31,7 @@ from torchaudio.models import wav2vec2_model
 # HuBERT's waveform CNN: (channels, kernel, stride) per layer; 400-sample receptive field and a
 # 320-sample (20 ms) hop at 16 kHz.
 HUBERT_CNN = [(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] * 2
+TOY_CNN = [(128, 10, 5)] + [(128, 3, 2)] * 4 + [(128, 2, 2)] * 2  # the demo's toy teacher (pretrain.py --conv-dim 128)
 CHECKPOINT_FORMAT = "hubert-distill/1"  # marks this project's own checkpoints
 
 
@@ -329,6 +330,15 @@ PRESETS = {
                               "layerwise", "none", "D&T with Fbank front-end"),
     "tiny": Preset(dict(dim=64, layers=2, ffn=128, heads=2, pos_conv_kernel=16, pos_conv_groups=4),
                    "last", "cnn", "for tests and quick CPU runs"),
+    # The demo's students, in the paper's proportions to demo.py's toy teacher (12 x 160, FFN 640,
+    # 4 heads, HuBERT's CNN with 128 channels: HuBERT Base in miniature): S&W = 2 teacher layers,
+    # D&T = 12 layers at 0.6 x the width with FFN = width (480 / 768 in the paper).
+    "toy-distilhubert": Preset(dict(dim=160, layers=2, ffn=640, heads=4, conv_layers=TOY_CNN), "last", "layers",
+                               "S&W for demo.py's toy teacher (26% of its 4.20M)"),
+    "toy-fithubert": Preset(dict(dim=96, layers=12, ffn=96, heads=4, conv_layers=TOY_CNN), "layerwise", "cnn",
+                            "D&T for demo.py's toy teacher (24%)"),
+    "toy-fithubert-fbank": Preset(dict(dim=96, layers=12, ffn=96, heads=4, frontend="fbank"), "layerwise", "none",
+                                  "D&T with Fbank front-end for the toy teacher (-19%)"),
 }
 
 

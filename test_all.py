@@ -7,12 +7,15 @@ properties stated in each test's name.
     python -m pytest -q test_all.py          # or: make test
 """
 import argparse
+import bench
 import json
 import math
 import os
 import pickle
 import random
 import re
+import signal
+import socket
 import subprocess
 import sys
 import types
@@ -1472,3 +1475,414 @@ def test_export_of_an_fbank_student_is_a_clear_error(tmp_path):
     ctc = model.CTCModel(model.build_student("tiny", frontend="fbank"))
     with pytest.raises(ValueError, match="Fbank"):
         checkpoints.export_huggingface(ctc, str(tmp_path / "hf"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Reliability and scale: DDP under torchrun, exact resume, Ctrl-C, atomic checkpoints, bad inputs,
+# untrusted checkpoints, the throughput benchmark
+
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REL_CNN = [(16, 10, 5)] + [(16, 3, 2)] * 4 + [(16, 2, 2)] * 2  # HuBERT's strides, narrow channels
+REL_WORDS = "THE CAT SAW A DOG IT'S RED AND BLUE".split()
+
+
+def rel_write_corpus(root, utterances=8, seconds=(0.5, 1.0), seed=0):
+    """A LibriSpeech-layout folder (one speaker, one chapter) of tones in noise with transcripts."""
+    rng = np.random.default_rng(seed)
+    folder = os.path.join(root, "100", "1")
+    os.makedirs(folder, exist_ok=True)
+    lines = []
+    for k in range(utterances):
+        n = int(rng.uniform(*seconds) * data.SAMPLE_RATE)
+        t = np.arange(n) / data.SAMPLE_RATE
+        wave = 0.3 * np.sin(2 * np.pi * rng.uniform(100, 400) * t) + 0.05 * rng.standard_normal(n)
+        sf.write(os.path.join(folder, f"100-1-{k:04d}.flac"), wave.astype(np.float32), data.SAMPLE_RATE)
+        lines.append(f"100-1-{k:04d} " + " ".join(rng.choice(REL_WORDS, size=3)))
+    with open(os.path.join(folder, "100-1.trans.txt"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return root
+
+
+def rel_teacher_checkpoint(path, nan=False):
+    torch.manual_seed(0)
+    enc = model.Encoder(model.EncoderConfig(dim=32, layers=2, heads=2, ffn=64, pos_conv_kernel=8,
+                                            pos_conv_groups=4, conv_layers=REL_CNN, dropout=0.0,
+                                            attention_dropout=0.0))
+    if nan:
+        with torch.no_grad():
+            enc.encoder.transformer.layers[0].feed_forward.output_dense.weight.fill_(float("nan"))
+    head = model.PredictionHead(32, 16, 12)
+    model.save_checkpoint(model.encoder_checkpoint(enc, "teacher", head=head.state_dict()), path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def rel_corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rel_corpus")
+    return rel_write_corpus(str(root / "train")), rel_write_corpus(str(root / "dev"), utterances=3, seed=1)
+
+
+@pytest.fixture(scope="module")
+def rel_teacher(tmp_path_factory):
+    return rel_teacher_checkpoint(tmp_path_factory.mktemp("rel_teacher") / "teacher.pt")
+
+
+@pytest.fixture(scope="module")
+def rel_student(tmp_path_factory, rel_teacher):
+    """A distilled-student checkpoint (for fine-tuning): the tiny preset on the test teacher's CNN."""
+    torch.manual_seed(0)
+    student = model.build_student("tiny", model.load_teacher(rel_teacher), dim=32, ffn=32, heads=2)
+    path = tmp_path_factory.mktemp("rel_student") / "student.pt"
+    model.save_checkpoint(model.encoder_checkpoint(student, "student", preset="tiny"), path)
+    return str(path)
+
+
+def rel_distill_args(rel_corpus, rel_teacher, out, *flags):
+    return distill.parse_args(["--teacher", rel_teacher, "--data", rel_corpus[0], "--out-dir", str(out),
+                               "--student", "tiny", "--dim", "32", "--ffn", "32", "--heads", "2",
+                               "--batch-seconds", "2", "--log-every", "1", "--device", "cpu",
+                               "--disc-weight", "0.5", "--lr", "1e-3", *flags])
+
+
+def rel_finetune_args(rel_corpus, rel_student, out, *flags):
+    return finetune.parse_args(["--init", rel_student, "--train", rel_corpus[0], "--valid", rel_corpus[1],
+                                "--out-dir", str(out), "--device", "cpu", "--lr", "1e-3", "--stages", "0.5,0,0.5",
+                                "--batch-seconds", "2", "--log-every", "1", "--mask-channel-length", "8",
+                                "--freeze-steps", "2", "--eval-every", "2", *flags])
+
+
+def rel_cli(script, *argv, timeout=120):
+    return subprocess.run([sys.executable, script, *argv], cwd=HERE, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def rel_free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rel_assert_same_state(a, b):
+    """Bit-identical nested checkpoints (tensors compared exactly; args may differ)."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for k in a:
+            if k != "args":
+                rel_assert_same_state(a[k], b[k])
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            rel_assert_same_state(x, y)
+    else:
+        assert a == b or (a != a and b != b)  # NaN == NaN here
+
+
+# ----------------------------------------------------------------------------------------------
+# Scale: torchrun with 2 CPU processes (gloo)
+
+
+def test_distill_under_torchrun_two_ranks_keeps_parameters_identical(rel_corpus, rel_teacher, tmp_path):
+    """2 gloo ranks, gradient accumulation (no_sync on the first micro-batch): the run finishes and
+    the ranks' parameters agree at every checkpoint (distill.check_ranks_agree raises otherwise)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={rel_free_port()}",
+         "distill.py", "--teacher", rel_teacher, "--data", rel_corpus[0], "--out-dir", str(tmp_path),
+         "--student", "tiny", "--dim", "32", "--ffn", "32", "--heads", "2", "--batch-seconds", "2",
+         "--max-steps", "3", "--save-every", "2", "--grad-accum", "2", "--disc-weight", "0.5", "--device", "cpu"],
+        cwd=HERE, capture_output=True, text=True, timeout=180, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "device cpu x2" in out.stdout and out.stdout.count("done:") == 1  # rank 0 alone reports
+    ckpt = model.load_checkpoint(tmp_path / "checkpoint.pt")
+    assert ckpt["step"] == 3 and len(ckpt["rng"]) == 2  # every rank's RNG state, for exact resume
+    assert not torch.equal(ckpt["rng"][0]["torch"], ckpt["rng"][1]["torch"])  # seed + rank
+
+
+def test_finetune_under_torchrun_two_ranks_trains_the_encoder_after_the_freeze(rel_corpus, rel_student, tmp_path):
+    """DDP across the frozen -> unfrozen switch (requires_grad flips after DDP was built), with
+    gradient accumulation and the dev WER decoded in shares by both ranks."""
+    out = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={rel_free_port()}",
+         "finetune.py", "--init", rel_student, "--train", rel_corpus[0], "--valid", rel_corpus[1],
+         "--out-dir", str(tmp_path), "--max-steps", "3", "--freeze-steps", "1", "--eval-every", "2",
+         "--grad-accum", "2", "--batch-seconds", "2", "--mask-channel-length", "8", "--lr", "1e-3", "--device", "cpu"],
+        cwd=HERE, capture_output=True, text=True, timeout=180, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "device cpu x2" in out.stdout and out.stdout.count(": dev WER") == 2  # steps 2, 3; rank 0 only
+    init = model.load_checkpoint(rel_student)["encoder"]
+    tuned = model.load_checkpoint(tmp_path / "last.pt")["encoder"]
+    name = "encoder.transformer.layers.0.feed_forward.output_dense.weight"
+    assert not torch.equal(init[name], tuned[name])  # the encoder trained after step 1
+    assert torch.equal(init["feature_extractor.conv_layers.0.conv.weight"],
+                       tuned["feature_extractor.conv_layers.0.conv.weight"])  # the CNN never does
+
+
+# ----------------------------------------------------------------------------------------------
+# Exact resume, --stop-after, Ctrl-C
+
+
+@pytest.fixture(scope="module")
+def rel_distill_straight(rel_corpus, rel_teacher, tmp_path_factory):
+    """4 steps of 2 batches in one go (4 batches an epoch: the run crosses an epoch boundary)."""
+    out = tmp_path_factory.mktemp("rel_straight")
+    distill.main(rel_distill_args(rel_corpus, rel_teacher, out, "--max-steps", "4", "--grad-accum", "2"))
+    return model.load_checkpoint(out / "checkpoint.pt")
+
+
+def test_distill_stopped_after_k_steps_and_resumed_is_bit_identical(rel_corpus, rel_teacher, rel_distill_straight,
+                                                                    tmp_path):
+    distill.main(rel_distill_args(rel_corpus, rel_teacher, tmp_path, "--max-steps", "4", "--grad-accum", "2",
+                                  "--stop-after", "1"))
+    assert model.load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 1
+    assert not (tmp_path / "student.pt").exists()
+    distill.main(rel_distill_args(rel_corpus, rel_teacher, tmp_path, "--max-steps", "4", "--grad-accum", "2",
+                                  "--resume"))
+    resumed = model.load_checkpoint(tmp_path / "checkpoint.pt")
+    assert resumed["step"] == 4
+    rel_assert_same_state(rel_distill_straight, resumed)  # weights, AdamW moments, data order, RNG
+
+
+def test_ctrl_c_saves_the_current_step_and_exits_130_and_resume_is_exact(rel_corpus, rel_teacher, rel_distill_straight,
+                                                                         tmp_path, monkeypatch, capsys):
+    lr_at = distill.lr_at
+
+    def lr_at_with_ctrl_c(step, *args):  # the user presses Ctrl-C during step 3
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return lr_at(step, *args)
+
+    monkeypatch.setattr(distill, "lr_at", lr_at_with_ctrl_c)
+    with pytest.raises(SystemExit) as stop:
+        distill.main(rel_distill_args(rel_corpus, rel_teacher, tmp_path, "--max-steps", "4", "--grad-accum", "2"))
+    assert stop.value.code == 130
+    err = capsys.readouterr().err
+    assert "SIGINT: stopping after this step" in err and "interrupted: the state after step 3" in err
+    assert "--resume" in err.splitlines()[-1]  # how to go on
+    assert model.load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 3  # the step under way was finished
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    monkeypatch.setattr(distill, "lr_at", lr_at)
+    distill.main(rel_distill_args(rel_corpus, rel_teacher, tmp_path, "--max-steps", "4", "--grad-accum", "2",
+                                  "--resume"))
+    rel_assert_same_state(rel_distill_straight, model.load_checkpoint(tmp_path / "checkpoint.pt"))
+
+
+def test_finetune_stopped_after_k_steps_and_resumed_is_bit_identical(rel_corpus, rel_student, tmp_path):
+    """Stopped inside the frozen phase, resumed across the unfreeze and a dev evaluation."""
+    finetune.main(rel_finetune_args(rel_corpus, rel_student, tmp_path / "straight", "--max-steps", "4"))
+    finetune.main(rel_finetune_args(rel_corpus, rel_student, tmp_path / "split", "--max-steps", "4",
+                                    "--stop-after", "1"))
+    assert model.load_checkpoint(tmp_path / "split" / "checkpoint.pt")["step"] == 1
+    finetune.main(rel_finetune_args(rel_corpus, rel_student, tmp_path / "split", "--max-steps", "4", "--resume"))
+    for name in ("checkpoint.pt", "last.pt", "best.pt"):
+        rel_assert_same_state(model.load_checkpoint(tmp_path / "straight" / name),
+                              model.load_checkpoint(tmp_path / "split" / name))
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints: atomic writes, untrusted files
+
+
+def test_a_crash_while_writing_a_checkpoint_leaves_the_previous_one_loadable(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    model.save_checkpoint({"step": 1, "w": torch.ones(3)}, path)
+
+    def dies_halfway(obj, f, *args, **kwargs):  # the disk fills up, or the job is killed
+        f.write(b"PK\x03\x04 half a zip file")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(torch, "save", dies_halfway)
+    with pytest.raises(OSError, match="No space left"):
+        model.save_checkpoint({"step": 2, "w": torch.zeros(3)}, path)
+    monkeypatch.undo()
+    assert model.load_checkpoint(path)["step"] == 1
+    assert os.listdir(tmp_path) == ["checkpoint.pt"]  # no partial temp file left behind
+
+
+class RelEvil:
+    """A pickle that runs a shell command when unpickled without weights_only."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_untrusted_checkpoints_never_run_code_on_any_loading_path(rel_corpus, tmp_path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": model.CHECKPOINT_FORMAT, "kind": "ctc", "config": RelEvil(marker)}, evil)
+    for out in ("distill_out", "finetune_out"):  # a planted OUT/checkpoint.pt, loaded by --resume
+        os.makedirs(tmp_path / out)
+        torch.save({"step": RelEvil(marker)}, tmp_path / out / "checkpoint.pt")
+    wave = os.path.join(rel_corpus[1], "100", "1", "100-1-0000.flac")
+    paths = {
+        "load_teacher": lambda: model.load_teacher(str(evil)),
+        "finetune --init": lambda: finetune.main(finetune.parse_args(
+            ["--init", str(evil), "--train", rel_corpus[0], "--out-dir", str(tmp_path / "ft"), "--device", "cpu"])),
+        "distill --resume": lambda: distill.main(distill.parse_args(
+            ["--teacher", str(evil), "--data", rel_corpus[0], "--out-dir", str(tmp_path / "distill_out"),
+             "--resume", "--device", "cpu"])),
+        "finetune --resume": lambda: finetune.main(finetune.parse_args(
+            ["--init", str(evil), "--train", rel_corpus[0], "--out-dir", str(tmp_path / "finetune_out"),
+             "--resume", "--device", "cpu"])),
+        "finetune --eval": lambda: finetune.main(finetune.parse_args(
+            ["--eval", str(evil), "--data", rel_corpus[1], "--device", "cpu"])),
+        "finetune --transcribe": lambda: finetune.main(finetune.parse_args(
+            ["--transcribe", str(evil), wave, "--device", "cpu"])),
+    }
+    for name, load in paths.items():
+        with pytest.raises(ValueError, match="refusing to run it") as refused:
+            load()
+        assert "posix.system" in str(refused.value) or "os.system" in str(refused.value), name
+        assert not marker.exists(), f"{name} ran code from the checkpoint"
+    torch.load(evil, weights_only=False)  # the file is live: an unsafe load does run it
+    assert marker.exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad inputs: one clear message naming the culprit and the fix, no work lost
+
+
+def test_cli_errors_are_one_line_without_traceback(tmp_path, rel_corpus, rel_teacher):
+    os.makedirs(tmp_path / "empty")
+    runs = {
+        "holds no audio": rel_cli("distill.py", "--teacher", rel_teacher, "--data", str(tmp_path / "empty"),
+                                  "--out-dir", str(tmp_path / "o1"), "--device", "cpu"),
+        "no such file or folder": rel_cli("finetune.py", "--init", str(tmp_path / "missing.pt"), "--train",
+                                          rel_corpus[0], "--out-dir", str(tmp_path / "o2"), "--device", "cpu"),
+    }
+    for expected, out in runs.items():
+        assert out.returncode == 1 and expected in out.stderr, out.stderr
+        assert "Traceback" not in out.stderr and out.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+def test_unknown_preset_is_a_usage_error_listing_the_presets(capsys):
+    with pytest.raises(SystemExit) as stop:
+        distill.parse_args(["--teacher", "t.pt", "--data", "d", "--out-dir", "o", "--student", "fithubertt"])
+    assert stop.value.code == 2
+    assert "invalid choice: 'fithubertt' (choose from" in capsys.readouterr().err
+
+
+def test_unreadable_audio_header_stops_before_training_naming_the_file(tmp_path):
+    corpus = rel_write_corpus(str(tmp_path / "c"), utterances=2)
+    bad = os.path.join(corpus, "100", "1", "100-1-0009.wav")
+    with open(bad, "wb") as f:
+        f.write(b"RIFF1234WAVEjunk")
+    with pytest.raises(ValueError, match=r"1 unreadable audio file\(s\): .*100-1-0009.wav .*delete or re-encode"):
+        data.load_corpus([corpus])
+
+
+def test_audio_broken_inside_stops_training_with_a_checkpoint_naming_the_file(tmp_path, rel_teacher, capsys):
+    """A truncated FLAC has a good header (so the corpus loads) but fails to decode mid-training."""
+    corpus = rel_write_corpus(str(tmp_path / "c"), utterances=5)
+    flac = os.path.join(corpus, "100", "1", "100-1-0003.flac")
+    whole = open(flac, "rb").read()
+    with open(flac, "wb") as f:
+        f.write(whole[:len(whole) // 2])
+    with pytest.raises(SystemExit) as stop:
+        distill.main(rel_distill_args((corpus,), rel_teacher, tmp_path / "out", "--max-steps", "6"))
+    assert stop.value.code == 1
+    err = capsys.readouterr().err
+    assert f"error: {flac}: cannot read audio" in err and "delete or re-encode it" in err and "--resume" in err
+    ckpt = model.load_checkpoint(tmp_path / "out" / "checkpoint.pt")  # the steps done are kept
+    assert ckpt["step"] < 6 and f"after step {ckpt['step']}" in err
+
+
+def test_8khz_stereo_is_resampled_and_downmixed_and_too_short_audio_is_left_out_with_a_warning(tmp_path, capsys):
+    corpus = rel_write_corpus(str(tmp_path / "c"), utterances=2)
+    folder = os.path.join(corpus, "100", "1")
+    left, right = np.full(8000, 0.5, np.float32), np.full(8000, -0.1, np.float32)
+    sf.write(os.path.join(folder, "100-1-0100.wav"), np.stack([left, right], 1), 8000)  # 1 s, 8 kHz stereo
+    sf.write(os.path.join(folder, "100-1-0101.flac"), np.zeros(300, np.float32), data.SAMPLE_RATE)  # 19 ms
+    utts = {u.id: u for u in data.load_corpus([corpus])}
+    wave = data.load_audio(utts["100-1-0100"].path)
+    assert wave.shape == (16000,) == (utts["100-1-0100"].num_samples,)
+    assert abs(wave[4000:12000].mean().item() - 0.2) < 1e-3  # (0.5 - 0.1) / 2
+    kept = data.drop_short(list(utts.values()))
+    assert {u.id for u in kept} == set(utts) - {"100-1-0101"}
+    err = capsys.readouterr().err
+    assert "leaving out 1 of 4 utterances shorter than 25 ms" in err and "100-1-0101.flac" in err
+    with pytest.raises(ValueError, match="every utterance is shorter than 400 samples"):
+        data.drop_short([utts["100-1-0101"]])
+
+
+def test_transcript_outside_the_vocabulary_names_the_file_and_line(tmp_path, rel_student):
+    corpus = rel_write_corpus(str(tmp_path / "c"), utterances=3)
+    trans = os.path.join(corpus, "100", "1", "100-1.trans.txt")
+    lines = open(trans).read().splitlines()
+    lines[1] = "100-1-0001 CAFÉ AU LAIT"
+    open(trans, "w").write("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"100-1\.trans\.txt:2 .*'É' .*not in the vocabulary"):
+        finetune.main(finetune.parse_args(["--init", rel_student, "--train", corpus,
+                                           "--out-dir", str(tmp_path / "o"), "--device", "cpu"]))
+
+
+def test_missing_junk_and_foreign_teachers_and_mismatched_init_get_clear_errors(tmp_path, rel_teacher):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"this is not a checkpoint")
+    foreign = tmp_path / "resnet.pt"
+    torch.save({"state_dict": {"fc.weight": torch.zeros(2, 2)}}, foreign)
+    with pytest.raises(FileNotFoundError, match="no such file or folder; pass a fairseq"):
+        model.load_teacher(str(tmp_path / "missing.pt"))
+    with pytest.raises(ValueError, match="junk.pt: not a loadable checkpoint"):
+        model.load_teacher(str(junk))
+    with pytest.raises(ValueError, match=r"resnet.pt: unknown checkpoint layout \(\['state_dict'\]\)"):
+        model.load_teacher(str(foreign))
+    with pytest.raises(ValueError, match="unknown student preset 'nope'"):
+        model.build_student("nope")
+    with pytest.raises(ValueError, match="cannot initialise a 2x48 .* from the layers of a 2x32"):
+        model.build_student("distilhubert", model.load_teacher(rel_teacher), dim=48)
+
+
+def test_nan_loss_stops_naming_the_step(tmp_path, rel_corpus, rel_student, monkeypatch, capsys):
+    teacher = rel_teacher_checkpoint(tmp_path / "nan_teacher.pt", nan=True)
+    with pytest.raises(SystemExit) as stop:
+        distill.main(rel_distill_args(rel_corpus, teacher, tmp_path / "d", "--max-steps", "3"))
+    assert stop.value.code == 1
+    err = capsys.readouterr().err
+    assert "non-finite loss at step 1 (" in err and "teacher with broken weights" in err
+    real_ctc_loss = torch.nn.functional.ctc_loss
+    calls = []
+
+    def ctc_loss_nan_at_step_3(*args, **kwargs):
+        calls.append(1)
+        loss = real_ctc_loss(*args, **kwargs)
+        return loss * float("nan") if len(calls) == 3 else loss
+
+    monkeypatch.setattr(torch.nn.functional, "ctc_loss", ctc_loss_nan_at_step_3)
+    with pytest.raises(SystemExit) as stop:
+        finetune.main(rel_finetune_args(rel_corpus, rel_student, tmp_path / "f", "--max-steps", "4"))
+    assert stop.value.code == 1
+    err = capsys.readouterr().err
+    assert "non-finite CTC loss at step 3" in err and "(step 2)" in err  # the last checkpoint, kept
+
+
+# ----------------------------------------------------------------------------------------------
+# Throughput benchmark
+
+
+def test_bench_reports_audio_seconds_per_second_and_mfu_for_fp32_and_bf16(monkeypatch, capsys, tmp_path):
+    toy_teacher = dict(layers=2, dim=32, ffn=64, heads=2, pos_conv_kernel=8, pos_conv_groups=4, conv_layers=REL_CNN)
+    monkeypatch.setattr(bench, "SETUPS", {"toy": (toy_teacher, "tiny")})
+    monkeypatch.setattr(bench, "matmul_peak", lambda device, dtype: 1e10)  # bf16 as fast as fp32: not skipped
+    rows = bench.main(bench.parse_args(["--setups", "toy", "--batch", "2", "--seconds", "0.5", "--steps", "1",
+                                        "--device", "cpu", "--json", str(tmp_path / "bench.json")]))
+    assert [(r["setup"], r["precision"]) for r in rows] == [("toy", "fp32"), ("toy", "bf16")]
+    for r in rows:
+        assert r["gflop"] > 0 and r["mfu"] > 0 and r["audio_s_per_s"] == pytest.approx(1.0 / r["seconds"])
+        assert r["top_ops"] and all(0 <= v <= 1 for v in r["top_ops"].values())
+    out = capsys.readouterr().out
+    assert "matmul peak fp32" in out and "audio-s/s   MFU" in out and "time: " in out
+    assert json.load(open(tmp_path / "bench.json"))["rows"][0]["setup"] == "toy"
+
+
+def test_bench_counts_cpu_attention_flops():
+    """FlopCounterMode misses CPU's flash attention kernel; bench adds its formula."""
+    from torch.utils.flop_counter import FlopCounterMode
+    q = torch.randn(2, 4, 50, 16)
+    with FlopCounterMode(display=False, custom_mapping=bench.attention_flops()) as counter:
+        torch.nn.functional.scaled_dot_product_attention(q, q, q)
+    assert counter.get_total_flops() == 2 * (2 * 2 * 4 * 50 * 50 * 16)  # QK^T and AV

@@ -1,0 +1,462 @@
+"""The demo: toy corpus -> toy HuBERT teacher -> distilled students -> CTC at two label budgets -> WER.
+
+Every stage is one of this project's command lines, run as a subprocess whose output streams
+here, so what `make demo` prints is what running them by hand prints:
+
+  1. data.py synth   toy corpus in LibriSpeech layout; dev and test voices are held out of train
+  2. pretrain.py     toy HuBERT teacher (MFCC k-means units, masked prediction, prediction head)
+  3. distill.py      the paper's students (Sec. 3): S&W and D&T with the regression loss, D&T with
+                     the discriminative loss added, D&T with the Fbank front-end (two stages), and
+                     with --max-steps 0 the from-scratch student (see ROWS)
+  4. finetune.py     CTC on a low label budget and on all of train, for the teacher and every student
+  5. here            test WER (finetune.evaluate), CPU inference time side by side in this process,
+                     results/NAME.json, .md and .png (the plot needs matplotlib)
+
+A stage whose final file exists is skipped and an interrupted one continues with --resume, so
+`make demo` after a Ctrl-C picks up where it stopped. The toy teacher and students are shaped
+like HuBERT Base and the paper's students (see TEACHER and model.PRESETS "toy-*").
+
+    python demo.py --quick              # the same flow on a small corpus, few steps (make demo QUICK=1)
+    python demo.py                      # the README's table (make demo)
+    python demo.py --hours 4 --steps 3  # a longer, better run (make demo HOURS=4 STEPS=3)
+    python demo.py --readme             # put results/demo.md into README.md's Results section
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+
+import torch
+
+import data
+import finetune
+import model
+from distill import format_duration
+
+# ----------------------------------------------------------------------------------------------
+# Sizes
+
+# The toy teacher, HuBERT Base in miniature: 12 layers, FFN 4 x width, 128 CNN channels. Its
+# students then keep the paper's proportions (model.PRESETS "toy-*"): S&W = 2 of its layers
+# (26% of its parameters; DistilHuBERT: 25%), D&T = 12 layers at 0.6 x its width (24%; FitHuBERT:
+# 24%), Fbank D&T 19% smaller than D&T (the paper: 17%).
+TEACHER = dict(layers=12, dim=160, ffn=640, heads=4, conv_dim=128)
+
+
+@dataclass
+class Sizing:
+    """How much of everything a demo run does; --hours and --steps scale it."""
+    hours: float            # corpus, hours of speech (80% train, 10% dev, 10% test)
+    teacher_steps: int      # pretrain.py optimizer steps
+    teacher_batch: float    # pretrain.py padded audio per batch, seconds
+    distill_steps: int      # distill.py optimizer steps per student
+    frontend_steps: int     # Fbank student: first steps that train only its front-end (stage 1)
+    finetune_steps: int     # finetune.py optimizer steps per model and label budget
+    freeze_steps: int       # finetune.py: first steps that train only the CTC head
+    low_hours: float        # the low label budget, hours of transcribed audio
+    batch_seconds: float    # padded audio per batch, seconds (distillation and fine-tuning)
+    eval_every: int         # finetune.py steps between dev WER evaluations (best.pt kept)
+
+
+SIZINGS = {
+    "full": Sizing(hours=1.25, teacher_steps=400, teacher_batch=32.0, distill_steps=300, frontend_steps=60,
+                   finetune_steps=250, freeze_steps=25, low_hours=0.1, batch_seconds=16.0, eval_every=50),
+    "quick": Sizing(hours=0.2, teacher_steps=40, teacher_batch=8.0, distill_steps=20, frontend_steps=5,
+                    finetune_steps=30, freeze_steps=3, low_hours=0.03, batch_seconds=8.0, eval_every=15),
+}
+
+# Toy-scale training settings. The CLIs' defaults are the paper's and fairseq's for 25k steps on
+# LibriSpeech; a few hundred steps on ~1 h take a larger learning rate and lighter masking.
+DISTILL_FLAGS = ["--lr", "1e-3"]
+FINETUNE_FLAGS = ["--lr", "1e-3", "--mask-prob", "0.5", "--mask-channel-prob", "0.1",
+                  "--mask-channel-length", "8"]
+DISC_WEIGHT = "0.5"  # discriminative loss weight (the paper tries 0.2-0.8)
+
+
+@dataclass
+class Row:
+    """One model of the table."""
+    name: str           # folder under RUNS/students and RUNS/ctc, key in NAME.json
+    label: str          # row label in the table
+    preset: str = None  # student preset; None: the teacher itself is fine-tuned
+    flags: tuple = ()   # extra distill.py flags (Fbank presets also get --frontend-steps)
+
+
+# "From scratch" is the D&T student after 0 distillation steps: a random transformer on the
+# teacher's CNN, which every student here starts from and finetune.py keeps frozen (fairseq's
+# recipe). A random frozen CNN would handicap the baseline beyond "no distillation"; with the
+# teacher's CNN the comparison isolates what distilling the transformer adds.
+ROWS = [
+    Row("teacher", "teacher fine-tuned (upper bound)"),
+    Row("scratch", "student from scratch (no distillation)", "toy-fithubert", ("--max-steps", "0")),
+    Row("sw", "S&W student, regression", "toy-distilhubert"),
+    Row("dt", "D&T student, regression", "toy-fithubert"),
+    Row("dt-disc", "D&T + discriminative loss", "toy-fithubert", ("--disc-weight", DISC_WEIGHT)),
+    Row("dt-fbank", "D&T Fbank (two-stage), regression", "toy-fithubert-fbank"),
+]
+
+# Audio seconds per second on 2 CPU cores (measured with another job running: pessimistic), for
+# the time estimates printed with every stage.
+SPEED = {"synth": 150.0, "pretrain": 20.0, "distill": 30.0, "distill-fbank": 45.0,
+         "finetune": 40.0, "finetune-teacher": 20.0}
+PADDING = 0.85  # share of a padded batch that is real audio
+
+
+# ----------------------------------------------------------------------------------------------
+# Arguments
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("size")
+    g.add_argument("--quick", action="store_true", help="small corpus and few steps: the same flow in minutes")
+    g.add_argument("--hours", type=float, help="corpus hours (default: 1.25, --quick 0.3)")
+    g.add_argument("--steps", type=float, default=1.0, help="multiplier of every stage's steps")
+    g = p.add_argument_group("io")
+    g.add_argument("--runs", help="folder of the stages' outputs (default: runs/NAME)")
+    g.add_argument("--results", default="results", help="folder for NAME.json, NAME.md, NAME.png")
+    g.add_argument("--readme", action="store_true",
+                   help="only copy results/demo.md between the README's results markers")
+    g.add_argument("--timing-runs", type=int, default=5, help="timed forward passes per model (median)")
+    return p.parse_args(argv)
+
+
+def run_name(args):
+    """demo, demo-quick, demo-4h-x3, ...: names the runs folder and the result files."""
+    name = "demo-quick" if args.quick else "demo"
+    if args.hours is not None:
+        name += f"-{args.hours:g}h"
+    if args.steps != 1:
+        name += f"-x{args.steps:g}"
+    return name
+
+
+def sizing_for(args):
+    s = SIZINGS["quick" if args.quick else "full"]
+    scale = lambda n: max(1, round(n * args.steps))
+    return replace(s, hours=args.hours if args.hours is not None else s.hours,
+                   teacher_steps=scale(s.teacher_steps), distill_steps=scale(s.distill_steps),
+                   frontend_steps=scale(s.frontend_steps), finetune_steps=scale(s.finetune_steps),
+                   freeze_steps=scale(s.freeze_steps), eval_every=scale(s.eval_every))
+
+
+# ----------------------------------------------------------------------------------------------
+# Stages
+
+
+@dataclass
+class Stage:
+    title: str         # printed in the stage header
+    argv: list         # script and its arguments
+    done: str          # the file that exists once the stage has finished
+    out_dir: str = ""  # holds checkpoint.pt when an interrupted stage can --resume
+    seconds: float = 0.0  # estimated duration
+
+
+def log_every(steps):
+    return max(1, steps // 10)  # about ten progress lines per stage
+
+
+def plan(runs, s: Sizing):
+    """The stages of a run, in order."""
+    corpus, teacher = f"{runs}/corpus", f"{runs}/teacher/teacher.pt"
+    audio = lambda steps, batch=s.batch_seconds: steps * batch * PADDING  # seconds of audio a stage trains on
+    t = TEACHER
+    stages = [
+        Stage("toy corpus", ["data.py", "synth", "--out", corpus, "--hours", str(s.hours), "--seed", "0"],
+              f"{corpus}/synth.json", seconds=3600 * s.hours / SPEED["synth"]),
+        Stage("toy HuBERT teacher", ["pretrain.py", "--data", f"{corpus}/train", "--out-dir", f"{runs}/teacher",
+                                     "--layers", str(t["layers"]), "--dim", str(t["dim"]), "--ffn", str(t["ffn"]),
+                                     "--heads", str(t["heads"]), "--conv-dim", str(t["conv_dim"]),
+                                     "--max-steps", str(s.teacher_steps), "--batch-seconds", str(s.teacher_batch),
+                                     "--log-every", str(log_every(s.teacher_steps)), "--seed", "0"],
+              teacher, f"{runs}/teacher", 20 + audio(s.teacher_steps, s.teacher_batch) / SPEED["pretrain"]),
+    ]
+    for row in ROWS[1:]:
+        fbank = model.PRESETS[row.preset].config.get("frontend") == "fbank"
+        flags = [*row.flags, *(["--frontend-steps", str(s.frontend_steps)] if fbank else [])]
+        steps = int(flags[flags.index("--max-steps") + 1]) if "--max-steps" in flags else s.distill_steps
+        speed = SPEED["distill-fbank" if fbank else "distill"]
+        stages.append(Stage(f"distill: {row.label}",
+                            ["distill.py", "--teacher", teacher, "--student", row.preset, "--data", f"{corpus}/train",
+                             "--out-dir", f"{runs}/students/{row.name}", "--max-steps", str(s.distill_steps),
+                             "--batch-seconds", str(s.batch_seconds), "--log-every", str(log_every(s.distill_steps)),
+                             "--seed", "0", *DISTILL_FLAGS, *flags],
+                            f"{runs}/students/{row.name}/student.pt", f"{runs}/students/{row.name}",
+                            5 + audio(steps) / speed))
+    for budget in ("low", "high"):
+        for row in ROWS:
+            init = teacher if row.preset is None else f"{runs}/students/{row.name}/student.pt"
+            out = f"{runs}/ctc/{row.name}-{budget}"
+            hours = ["--max-train-hours", str(s.low_hours)] if budget == "low" else []
+            speed = SPEED["finetune-teacher" if row.preset is None else "finetune"]
+            stages.append(Stage(f"CTC fine-tune ({budget} label budget): {row.label}",
+                                ["finetune.py", "--init", init, "--train", f"{corpus}/train", "--valid", f"{corpus}/dev",
+                                 "--out-dir", out, "--max-steps", str(s.finetune_steps), "--freeze-steps",
+                                 str(s.freeze_steps), "--batch-seconds", str(s.batch_seconds), "--eval-every",
+                                 str(s.eval_every), "--log-every", str(log_every(s.finetune_steps)), "--seed", "0", *FINETUNE_FLAGS, *hours],
+                                f"{out}/last.pt", out, 10 + audio(s.finetune_steps) / speed))
+    return stages
+
+
+def stage_state(stage):
+    """"done" (skip it), "resume" (continue from its checkpoint) or "new"."""
+    if os.path.exists(stage.done):
+        return "done"
+    if stage.out_dir and os.path.exists(os.path.join(stage.out_dir, "checkpoint.pt")):
+        return "resume"
+    return "new"
+
+
+def check_settings(runs, settings):
+    """A runs folder holds one sizing: refuse to mix its outputs with those of other settings."""
+    path = os.path.join(runs, "demo_settings.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
+        if old != settings:
+            changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+            raise SystemExit(f"error: {runs} holds a demo run with other settings ({', '.join(changed)}); "
+                             f"delete it or pass --runs DIR")
+    else:
+        os.makedirs(runs, exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(settings, f, indent=2)
+
+
+def run_stages(stages, runs, start):
+    """Run the stages not done yet; the seconds each took accumulate in RUNS/stage_seconds.json."""
+    times_path = os.path.join(runs, "stage_seconds.json")
+    times = json.load(open(times_path)) if os.path.exists(times_path) else {}
+    left = sum(st.seconds for st in stages if stage_state(st) != "done")
+    print(f"demo: {len(stages)} stages, estimated {format_duration(left)} still to run "
+          f"(estimates measured on 2 busy CPU cores)", flush=True)
+    for i, st in enumerate(stages, 1):
+        state = stage_state(st)
+        elapsed = format_duration(time.time() - start)
+        if state == "done":
+            print(f"[{i}/{len(stages)}] {st.title}: done ({st.done})", flush=True)
+            continue
+        print(f"\n[{i}/{len(stages)}] {st.title} | elapsed {elapsed} | estimate {format_duration(st.seconds)}, "
+              f"~{format_duration(left)} left in all", flush=True)
+        argv = [sys.executable, *st.argv] + (["--resume"] if state == "resume" else [])
+        print("$ " + shlex.join(["python", *argv[1:]]), flush=True)
+        t0 = time.time()
+        code = subprocess.run(argv, env={**os.environ, "PYTHONUNBUFFERED": "1"}).returncode
+        if code != 0:
+            raise SystemExit(f"demo: stage '{st.title}' failed (exit {code}); fix the error above and rerun: "
+                             f"finished stages are kept and this one continues from its checkpoint")
+        times[st.title] = times.get(st.title, 0.0) + time.time() - t0
+        with open(times_path, "w") as f:
+            json.dump(times, f, indent=2)
+        left -= st.seconds
+    return times
+
+
+# ----------------------------------------------------------------------------------------------
+# Results
+
+
+def time_models(models, waves, lengths, runs):
+    """Median CPU forward time (ms) of each model on one batch, round robin so that load changes
+    on the machine hit every model alike."""
+    times = {name: [] for name in models}
+    with torch.inference_mode():
+        for m in models.values():
+            m(waves, lengths)  # warm-up
+        for _ in range(runs):
+            for name, m in models.items():
+                t0 = time.perf_counter()
+                m(waves, lengths)
+                times[name].append(1000 * (time.perf_counter() - t0))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def measure(runs, s: Sizing, timing_runs):
+    """Parameters, CPU time and test WER of every row; the test set is never seen before this."""
+    test = data.drop_short(data.load_corpus([f"{runs}/corpus/test"]))
+    train = data.drop_short(data.load_corpus([f"{runs}/corpus/train"]), quiet=True)  # as finetune.py
+    low = finetune.train_subset(train, s.low_hours)
+    hours = {"low": sum(u.num_samples for u in low) / data.SAMPLE_RATE / 3600,
+             "high": sum(u.num_samples for u in train) / data.SAMPLE_RATE / 3600}
+    rows, models = [], {}
+    for row in ROWS:
+        wer = {}
+        for budget in ("low", "high"):
+            ctc = finetune.load_ctc(f"{runs}/ctc/{row.name}-{budget}/best.pt")
+            wer[budget], _ = finetune.evaluate(ctc, test, torch.device("cpu"), s.batch_seconds,
+                                               desc=f"test WER {row.name} ({budget})")
+        models[row.name] = ctc.eval()
+        rows.append({"name": row.name, "label": row.label, "preset": row.preset,
+                     "params_M": model.count_parameters(ctc.encoder) / 1e6, "wer": wer})
+    batch = data.collate([data.AudioDataset(test)[i] for i in range(min(8, len(test)))])
+    ms = time_models(models, batch["waves"], batch["lengths"], timing_runs)
+    for r in rows:
+        r["cpu_ms"], r["time_ratio"] = ms[r["name"]], ms[r["name"]] / ms["teacher"]
+    batch_audio = batch["lengths"].sum().item() / data.SAMPLE_RATE
+    return rows, hours, batch_audio
+
+
+def claims(rows, tie=1.0, ceiling=95.0):
+    """The paper's qualitative claims, checked on the table: [(claim, verdict, evidence)].
+    A WER difference within `tie` points is a tie (one seed: no error bars); two WERs both at or
+    above `ceiling` carry no signal (models that have barely left the all-blank output)."""
+    r = {x["name"]: x for x in rows}
+
+    def compare(a, b, budget):  # does a beat b?
+        wa, wb = r[a]["wer"][budget], r[b]["wer"][budget]
+        if min(wa, wb) >= ceiling:
+            return "no signal"
+        return "holds" if wb - wa > tie else "does not hold" if wa - wb > tie else "tie"
+
+    def wers(a, b, budget):
+        return f"{r[a]['wer'][budget]:.1f} vs {r[b]['wer'][budget]:.1f} WER"
+
+    out = []
+    for name in ("sw", "dt", "dt-disc", "dt-fbank"):
+        out.append((f"distillation helps at the low label budget: {r[name]['label']} vs from scratch",
+                    compare(name, "scratch", "low"), wers(name, "scratch", "low")))
+    for budget in ("low", "high"):
+        out.append((f"D&T beats S&W at a similar size ({budget} budget)", compare("dt", "sw", budget),
+                    f"{wers('dt', 'sw', budget)}, {r['dt']['params_M']:.2f}M vs {r['sw']['params_M']:.2f}M"))
+    for budget in ("low", "high"):
+        out.append((f"the discriminative loss helps ({budget} budget)", compare("dt-disc", "dt", budget),
+                    wers("dt-disc", "dt", budget)))
+    gain = {b: r["dt"]["wer"][b] - r["dt-disc"]["wer"][b] for b in ("low", "high")}
+    verdict = ("no signal" if "no signal" in (compare("dt-disc", "dt", "low"), compare("dt-disc", "dt", "high"))
+               else "holds" if gain["low"] - gain["high"] > tie
+               else "does not hold" if gain["high"] - gain["low"] > tie else "tie")
+    out.append(("the discriminative loss helps most at the low budget", verdict,
+                f"gain {gain['low']:+.1f} (low) vs {gain['high']:+.1f} (high) WER points"))
+    cut = 1 - r["dt-fbank"]["params_M"] / r["dt"]["params_M"]
+    speed = r["dt"]["cpu_ms"] / r["dt-fbank"]["cpu_ms"]
+    out.append(("Fbank front-end: ~17% fewer parameters", "holds" if 0.1 <= cut <= 0.25 else "does not hold",
+                f"{100 * cut:.0f}% fewer than D&T"))
+    out.append(("Fbank front-end: ~2x faster inference", "holds" if speed >= 1.6 else "does not hold",
+                f"{speed:.2f}x faster than D&T on CPU"))
+    costs = {b: r["dt-fbank"]["wer"][b] - r["dt"]["wer"][b] for b in ("low", "high")}
+    signal = [b for b in costs if min(r["dt-fbank"]["wer"][b], r["dt"]["wer"][b]) < ceiling]
+    verdict = ("no signal" if not signal else "holds" if max(costs[b] for b in signal) <= 2 * tie
+               else "does not hold")
+    out.append(("Fbank front-end: marginal WER cost (within 2 points)", verdict,
+                f"{costs['low']:+.1f} (low), {costs['high']:+.1f} (high) WER points vs D&T"))
+    return out
+
+
+def markdown(result):
+    """The results table (and the automatic claim check) as markdown: README's Results section."""
+    h, s = result["label_hours"], result["settings"]
+    lines = [f"`{result['command']}` on {result['machine']}, {result['date']}: "
+             f"{format_duration(result['wall_seconds'])} wall time.", "",
+             f"| model | params (M) | CPU time vs teacher | test WER, {60 * h['low']:.0f} min labels | "
+             f"test WER, {60 * h['high']:.0f} min labels |", "|---|---:|---:|---:|---:|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['label']} | {r['params_M']:.2f} | {r['time_ratio']:.2f} | {r['wer']['low']:.1f} | "
+                     f"{r['wer']['high']:.1f} |")
+    lines += ["", f"Toy corpus {s['hours']:g} h (train {h['high']:.2f} h; dev and test voices held out). Teacher "
+              f"{s['teacher']} pre-trained {s['teacher_steps']} steps; students distilled {s['distill_steps']} "
+              f"steps; CTC {s['finetune_steps']} steps per model and budget; batches of {s['batch_seconds']:g} s; "
+              f"greedy decoding; best dev checkpoint. Parameters: encoder (CTC head not counted). CPU time: "
+              f"median forward time on {result['timing']['audio_seconds']:.0f} s of test audio, "
+              f"{result['timing']['threads']} threads, all models side by side in one process.", "",
+              "Paper's claims, checked automatically (a WER difference within 1 point is a tie; two WERs both "
+              "at or above 95 carry no signal):", ""]
+    lines += [f"- {claim}: **{verdict}** ({evidence})" for claim, verdict, evidence in result["claims"]]
+    return "\n".join(lines) + "\n"
+
+
+def plot(result, path):
+    """WER vs parameters, one marker per model and budget; skipped without matplotlib."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(f"note: no plot ({path}): pip install matplotlib", flush=True)
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    h = result["label_hours"]
+    for budget, marker in (("low", "o"), ("high", "s")):
+        xs = [r["params_M"] for r in result["rows"]]
+        ys = [r["wer"][budget] for r in result["rows"]]
+        ax.scatter(xs, ys, marker=marker, label=f"{60 * h[budget]:.0f} min labels")
+        for r, x, y in zip(result["rows"], xs, ys):
+            ax.annotate(r["name"], (x, y), textcoords="offset points", xytext=(4, 2), fontsize=7)
+    ax.set_xlabel("encoder parameters (M)")
+    ax.set_ylabel("test WER (%)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}", flush=True)
+
+
+MARKERS = ("<!-- results:start -->", "<!-- results:end -->")
+
+
+def replace_section(text, body):
+    """text with everything between the results markers replaced by body."""
+    start, end = (text.find(m) for m in MARKERS)
+    if start < 0 or end < start:
+        raise ValueError(f"no {MARKERS[0]} ... {MARKERS[1]} section")
+    return text[:start + len(MARKERS[0])] + "\n" + body.rstrip("\n") + "\n" + text[end:]
+
+
+# ----------------------------------------------------------------------------------------------
+# Main
+
+
+def main(args):
+    name = run_name(args)
+    if args.readme:
+        with open(os.path.join(args.results, f"{name}.md")) as f, open("README.md") as g:
+            text = replace_section(g.read(), f.read())
+        with open("README.md", "w") as f:
+            f.write(text)
+        print(f"README.md: Results section now holds {args.results}/{name}.md")
+        return
+    start = time.time()
+    runs, s = args.runs or os.path.join("runs", name), sizing_for(args)
+    settings = {**asdict(s), "teacher": TEACHER, "rows": [asdict(r) for r in ROWS],
+                "distill_flags": DISTILL_FLAGS, "finetune_flags": FINETUNE_FLAGS}
+    check_settings(runs, settings)
+    stages = plan(runs, s)
+    times = run_stages(stages, runs, start)
+
+    print(f"\n[results] test WER and CPU time | elapsed {format_duration(time.time() - start)}", flush=True)
+    t0 = time.time()
+    rows, hours, batch_audio = measure(runs, s, args.timing_runs)
+    t = TEACHER
+    result = {
+        "command": shlex.join(["python", "demo.py", *sys.argv[1:]]),
+        "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} CPUs".replace("  ", " "),
+        "date": datetime.date.today().isoformat(), "torch": torch.__version__,
+        "wall_seconds": sum(times.values()) + time.time() - t0, "stage_seconds": times,
+        "settings": {**asdict(s), "teacher": f"{t['layers']}x{t['dim']} (FFN {t['ffn']})"},
+        "label_hours": hours,
+        "timing": {"threads": torch.get_num_threads(), "audio_seconds": batch_audio, "runs": args.timing_runs},
+        "rows": rows,
+    }
+    result["claims"] = claims(rows)
+    os.makedirs(args.results, exist_ok=True)
+    base = os.path.join(args.results, name)
+    with open(base + ".json", "w") as f:
+        json.dump(result, f, indent=2)
+    text = markdown(result)
+    with open(base + ".md", "w") as f:
+        f.write(text)
+    plot(result, base + ".png")
+    print("\n" + text, flush=True)
+    print(f"wrote {base}.json and {base}.md; total {format_duration(result['wall_seconds'])} of stage time",
+          flush=True)
+
+
+if __name__ == "__main__":
+    main(parse_args())
