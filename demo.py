@@ -67,7 +67,7 @@ class Sizing:
 
 SIZINGS = {
     "full": Sizing(hours=1.25, teacher_steps=400, teacher_batch=32.0, distill_steps=300, frontend_steps=60,
-                   finetune_steps=250, freeze_steps=25, low_hours=0.1, batch_seconds=16.0, eval_every=50),
+                   finetune_steps=300, freeze_steps=30, low_hours=0.1, batch_seconds=16.0, eval_every=50),
     "quick": Sizing(hours=0.2, teacher_steps=40, teacher_batch=8.0, distill_steps=20, frontend_steps=5,
                     finetune_steps=30, freeze_steps=3, low_hours=0.03, batch_seconds=8.0, eval_every=15),
 }
@@ -75,8 +75,8 @@ SIZINGS = {
 # Toy-scale training settings. The CLIs' defaults are the paper's and fairseq's for 25k steps on
 # LibriSpeech; a few hundred steps on ~1 h take a larger learning rate and lighter masking.
 DISTILL_FLAGS = ["--lr", "1e-3"]
-FINETUNE_FLAGS = ["--lr", "1e-3", "--mask-prob", "0.5", "--mask-channel-prob", "0.1",
-                  "--mask-channel-length", "8"]
+FINETUNE_FLAGS = ["--lr", "1e-3", "--mask-prob", "0.25", "--mask-channel-prob", "0.1",
+                  "--mask-channel-length", "8", "--layerdrop", "0"]
 DISC_WEIGHT = "0.5"  # discriminative loss weight (the paper tries 0.2-0.8)
 
 
