@@ -7,7 +7,6 @@ properties stated in each test's name.
     python -m pytest -q test_all.py          # or: make test
 """
 import argparse
-import bench
 import json
 import math
 import os
@@ -29,8 +28,10 @@ import torchaudio
 import torchaudio.compliance.kaldi as kaldi
 from torchaudio.models import wav2vec2_model
 
+import bench
 import checkpoints
 import data
+import demo
 import distill
 import fbank_frontend as fbf
 import finetune
@@ -1482,7 +1483,6 @@ def test_export_of_an_fbank_student_is_a_clear_error(tmp_path):
 # untrusted checkpoints, the throughput benchmark
 
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 REL_CNN = [(16, 10, 5)] + [(16, 3, 2)] * 4 + [(16, 2, 2)] * 2  # HuBERT's strides, narrow channels
 REL_WORDS = "THE CAT SAW A DOG IT'S RED AND BLUE".split()
 
@@ -1886,3 +1886,146 @@ def test_bench_counts_cpu_attention_flops():
     with FlopCounterMode(display=False, custom_mapping=bench.attention_flops()) as counter:
         torch.nn.functional.scaled_dot_product_attention(q, q, q)
     assert counter.get_total_flops() == 2 * (2 * 2 * 4 * 50 * 50 * 16)  # QK^T and AV
+
+
+"""Tests of demo.py: stage skipping and resuming, settings guard, results table, claim checks,
+README section replacement, the toy presets' proportions, the from-scratch student."""
+
+
+def demo_result(**wer):
+    """A fake demo result; wer: name -> (low, high)."""
+    base = {"teacher": (40.0, 20.0), "scratch": (95.0, 60.0), "sw": (70.0, 40.0), "dt": (60.0, 35.0),
+            "dt-disc": (55.0, 34.5), "dt-fbank": (62.0, 36.0)}
+    base.update(wer)
+    params = {"teacher": 4.2, "scratch": 1.03, "sw": 1.11, "dt": 1.03, "dt-disc": 1.03, "dt-fbank": 0.84}
+    ms = {"teacher": 100.0, "scratch": 50.0, "sw": 40.0, "dt": 50.0, "dt-disc": 50.0, "dt-fbank": 20.0}
+    rows = [{"name": r.name, "label": r.label, "preset": r.preset, "params_M": params[r.name],
+             "cpu_ms": ms[r.name], "time_ratio": ms[r.name] / 100.0,
+             "wer": {"low": base[r.name][0], "high": base[r.name][1]}} for r in demo.ROWS]
+    return {"command": "python demo.py", "machine": "x86_64, 2 CPUs", "date": "2025-01-01", "wall_seconds": 2400,
+            "settings": {**vars(demo.SIZINGS["full"]), "teacher": "12x160 (FFN 640)"},
+            "label_hours": {"low": 0.1, "high": 1.0}, "timing": {"threads": 2, "audio_seconds": 30.0, "runs": 5},
+            "rows": rows, "claims": demo.claims(rows)}
+
+
+def test_results_table_has_every_model_with_params_time_and_both_budgets():
+    text = demo.markdown(demo_result())
+    lines = [l for l in text.splitlines() if l.startswith("| ")]
+    assert lines[0] == ("| model | params (M) | CPU time vs teacher | test WER, 6 min labels | "
+                        "test WER, 60 min labels |")
+    assert len(lines) == 1 + len(demo.ROWS)
+    assert "| D&T Fbank (two-stage), regression | 0.84 | 0.20 | 62.0 | 36.0 |" in lines
+    assert "`python demo.py` on x86_64, 2 CPUs, 2025-01-01: ran in 40m00s." in text
+
+
+def test_claims_compare_rows_with_a_tie_margin_and_no_signal_near_100_wer():
+    verdicts = {c: v for c, v, _ in demo.claims(demo_result(**{"dt-disc": (58.5, 35.0)})["rows"])}
+    assert verdicts["distillation helps at the low label budget: S&W student, regression vs from scratch"] == "holds"
+    assert verdicts["D&T beats S&W at a similar size (low budget)"] == "holds"
+    assert verdicts["the discriminative loss helps (low budget)"] == "tie"  # 1.5 points
+    assert verdicts["Fbank front-end: ~17% fewer parameters"] == "holds"  # 18%
+    assert verdicts["Fbank front-end: ~2x faster inference"] == "holds"  # 2.5x
+    worse = {c: v for c, v, _ in demo.claims(demo_result(scratch=(80.0, 60.0), sw=(85.0, 70.0))["rows"])}
+    assert worse["distillation helps at the low label budget: S&W student, regression vs from scratch"] == \
+        "does not hold"
+    blank = {c: v for c, v, _ in demo.claims(demo_result(scratch=(100.0, 99.0), sw=(96.0, 90.0))["rows"])}
+    assert blank["distillation helps at the low label budget: S&W student, regression vs from scratch"] == \
+        "no signal"  # both still (almost) all-blank
+
+
+def test_settings_guard_refuses_to_mix_runs_of_other_sizes(tmp_path):
+    settings = {"hours": 1.25, "teacher_steps": 400}
+    demo.check_settings(str(tmp_path), settings)
+    demo.check_settings(str(tmp_path), dict(settings))  # same settings: fine
+    with pytest.raises(SystemExit, match="teacher_steps"):
+        demo.check_settings(str(tmp_path), {**settings, "teacher_steps": 800})
+
+
+def test_finished_stages_are_skipped_and_interrupted_ones_resume(tmp_path, capsys):
+    write_argv = "import sys, json; json.dump(sys.argv[1:], open(sys.argv[1], 'w'))"
+    done, resumed, fresh = (str(tmp_path / n) for n in ("done.json", "resumed.json", "fresh.json"))
+    open(done, "w").write("[]")
+    ckpt_dir = tmp_path / "interrupted"
+    ckpt_dir.mkdir()
+    (ckpt_dir / "checkpoint.pt").write_bytes(b"")
+    stages = [demo.Stage("finished", ["-c", "raise SystemExit(3)"], done),  # would fail if it ran
+              demo.Stage("interrupted", ["-c", write_argv, resumed], resumed, str(ckpt_dir)),
+              demo.Stage("new", ["-c", write_argv, fresh], fresh, str(tmp_path / "new"))]
+    assert [demo.stage_state(s) for s in stages] == ["done", "resume", "new"]
+    times = demo.run_stages(stages, str(tmp_path), start=0.0)
+    assert json.load(open(resumed)) == [resumed, "--resume"]
+    assert json.load(open(fresh)) == [fresh]
+    assert set(times) == {"interrupted", "new"}
+    assert "[1/3] finished: done" in capsys.readouterr().out
+
+
+def test_a_failed_stage_stops_the_demo_naming_it(tmp_path):
+    stages = [demo.Stage("broken", ["-c", "raise SystemExit(2)"], str(tmp_path / "never"))]
+    with pytest.raises(SystemExit, match="stage 'broken' failed \\(exit 2\\)"):
+        demo.run_stages(stages, str(tmp_path), start=0.0)
+
+
+def test_plan_scales_steps_and_gives_the_low_budget_to_low_runs_only():
+    args = demo.parse_args(["--quick", "--steps", "2"])
+    s = demo.sizing_for(args)
+    assert s.teacher_steps == 2 * demo.SIZINGS["quick"].teacher_steps
+    assert demo.run_name(args) == "demo-quick-x2"
+    stages = demo.plan("R", s)
+    assert len(stages) == 2 + (len(demo.ROWS) - 1) + 2 * len(demo.ROWS)
+    ctc = [st for st in stages if st.argv[0] == "finetune.py"]
+    for st in ctc:
+        assert ("--max-train-hours" in st.argv) == st.out_dir.endswith("-low")
+    scratch = next(st for st in stages if st.out_dir == "R/students/scratch")
+    assert scratch.argv[scratch.argv.index("--max-steps") + 1] == "0"  # an untrained student
+    fbank = next(st for st in stages if st.out_dir == "R/students/dt-fbank")
+    assert fbank.argv[fbank.argv.index("--frontend-steps") + 1] == str(s.frontend_steps)
+
+
+def test_readme_results_section_is_replaced_between_the_markers_only():
+    start, end = demo.MARKERS
+    text = f"# T\n## Results\n{start}\nold table\n{end}\nverdict stays\n"
+    new = demo.replace_section(text, "| new |\n")
+    assert new == f"# T\n## Results\n{start}\n| new |\n{end}\nverdict stays\n"
+    assert demo.replace_section(new, "| new |") == new
+    with pytest.raises(ValueError, match="results:start"):
+        demo.replace_section("no markers", "x")
+
+
+def test_toy_students_keep_the_papers_proportions_to_the_toy_teacher():
+    t = demo.TEACHER
+    teacher = model.Teacher(model.Encoder(model.EncoderConfig(
+        layers=t["layers"], dim=t["dim"], ffn=t["ffn"], heads=t["heads"], conv_layers=model.TOY_CNN)))
+    n_teacher = model.count_parameters(teacher)
+    n = {p: model.count_parameters(model.build_student(p, teacher))
+         for p in ("toy-distilhubert", "toy-fithubert", "toy-fithubert-fbank")}
+    assert 0.22 < n["toy-distilhubert"] / n_teacher < 0.30  # DistilHuBERT / HuBERT Base: 0.25
+    assert 0.22 < n["toy-fithubert"] / n_teacher < 0.30  # FitHuBERT / HuBERT Base: 0.24
+    assert 0.12 < 1 - n["toy-fithubert-fbank"] / n["toy-fithubert"] < 0.25  # the paper: 17% fewer
+    sw = model.build_student("toy-distilhubert", teacher)
+    assert (sw.config.layers, sw.config.dim) == (2, t["dim"])  # S&W: 2 layers at the teacher's width
+
+
+def test_from_scratch_student_is_the_teacher_cnn_and_an_untrained_transformer(tmp_path):
+    corpus = tmp_path / "corpus" / "1" / "10"
+    corpus.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        sf.write(corpus / f"1-10-{i:04d}.flac", 0.1 * rng.standard_normal(16_000), data.SAMPLE_RATE)
+    cnn = [(16, 10, 5)] + [(16, 3, 2)] * 4 + [(16, 2, 2)] * 2
+    teacher = model.Encoder(model.EncoderConfig(conv_layers=cnn, dim=32, layers=2, ffn=64, heads=2,
+                                                pos_conv_kernel=16, pos_conv_groups=4))
+    with torch.no_grad():
+        for p in teacher.parameters():
+            p.add_(0.01)  # not a fresh initialisation anywhere
+    model.save_checkpoint(model.encoder_checkpoint(teacher, "teacher"), tmp_path / "teacher.pt")
+    out = tmp_path / "scratch"
+    distill.main(distill.parse_args(["--teacher", str(tmp_path / "teacher.pt"), "--student", "toy-fithubert",
+                                     "--layers", "2", "--data", str(tmp_path / "corpus"), "--out-dir", str(out),
+                                     "--max-steps", "0", "--device", "cpu"]))
+    ckpt = model.load_checkpoint(out / "student.pt")
+    assert ckpt["step"] == 0
+    student = model.encoder_from_checkpoint(ckpt)
+    for k, v in teacher.feature_extractor.state_dict().items():
+        assert torch.equal(student.feature_extractor.state_dict()[k], v), k
+    norms = [m for m in student.encoder.transformer.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert norms and all(torch.all(m.weight == 1) and torch.all(m.bias == 0) for m in norms)  # as initialised
