@@ -123,13 +123,13 @@ def parse_args(argv=None):
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("size")
     g.add_argument("--quick", action="store_true", help="small corpus and few steps: the same flow in minutes")
-    g.add_argument("--hours", type=float, help="corpus hours (default: 1.25, --quick 0.3)")
+    g.add_argument("--hours", type=float, help="corpus hours (default: 1.25, --quick 0.2)")
     g.add_argument("--steps", type=float, default=1.0, help="multiplier of every stage's steps")
     g = p.add_argument_group("io")
     g.add_argument("--runs", help="folder of the stages' outputs (default: runs/NAME)")
     g.add_argument("--results", default="results", help="folder for NAME.json, NAME.md, NAME.png")
     g.add_argument("--readme", action="store_true",
-                   help="only copy results/demo.md between the README's results markers")
+                   help="only copy RESULTS/NAME.md (e.g. results/demo.md) between the README's results markers")
     g.add_argument("--timing-runs", type=int, default=5, help="timed forward passes per model (median)")
     return p.parse_args(argv)
 
