@@ -15,8 +15,8 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 test: $(VENV)/.installed
 	OMP_NUM_THREADS=2 $(PY) -m pytest -q test_all.py
 
-# make demo: the README's results table (~55 min measured on 2 busy CPU cores; target 45); QUICK=1: the same flow on a
-# small corpus with few steps (~5 min); HOURS=h (corpus hours) and STEPS=x (multiplier of every
+# make demo: the README's results table (<= 45 min on 2 CPU cores, see README); QUICK=1: the same flow on a
+# small corpus with few steps (~3 min); HOURS=h (corpus hours) and STEPS=x (multiplier of every
 # stage's steps) for a longer, better run; RUNS=dir for the stages' outputs (default runs/NAME).
 # An interrupted `make demo` continues where it stopped.
 demo: $(VENV)/.installed

@@ -12,8 +12,10 @@ here, so what `make demo` prints is what running them by hand prints:
   5. here            test WER (finetune.evaluate), CPU inference time side by side in this process,
                      results/NAME.json, .md and .png (the plot needs matplotlib)
 
-A stage whose final file exists is skipped and an interrupted one continues with --resume, so
-`make demo` after a Ctrl-C picks up where it stopped. The toy teacher and students are shaped
+Stages run two at a time on 2 cores (--jobs), each as soon as what it needs exists; every
+stage's output goes to RUNS/logs/ and, tagged, to the console. A stage whose final file exists
+is skipped and an interrupted one continues with --resume, so `make demo` after a Ctrl-C picks
+up where it stopped. The toy teacher and students are shaped
 like HuBERT Base and the paper's students (see TEACHER and model.PRESETS "toy-*").
 
     python demo.py --quick              # the same flow on a small corpus, few steps (make demo QUICK=1)
@@ -27,9 +29,11 @@ import json
 import os
 import platform
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, replace
 
@@ -65,14 +69,14 @@ class Sizing:
     eval_every: int         # finetune.py steps between dev WER evaluations (best.pt kept)
 
 
-# "full" fits ~45 min on 2 CPU cores (rates in SPEED): the teacher about a third of it (400
+# "full" fits 45 min on 2 CPU cores (rates in SPEED): the teacher about a quarter of it (400
 # steps of 32 s: ~3 epochs of the 1 h train set), 4 distillations a quarter (300 steps of 16 s:
 # ~1.1 epochs each), 12 CTC runs the rest (300 steps of 16 s each, both budgets: fine-tuning is
 # step-limited here, so the larger budget mostly buys variety, not more updates). "quick" runs
 # the same flow in ~4 min; its models stay at ~100% WER.
 SIZINGS = {
     "full": Sizing(hours=1.25, teacher_steps=400, teacher_batch=32.0, distill_steps=300, frontend_steps=60,
-                   finetune_steps=300, freeze_steps=30, low_hours=0.1, batch_seconds=16.0, eval_every=50),
+                   finetune_steps=300, freeze_steps=30, low_hours=0.1, batch_seconds=16.0, eval_every=100),
     "quick": Sizing(hours=0.2, teacher_steps=40, teacher_batch=8.0, distill_steps=20, frontend_steps=5,
                     finetune_steps=30, freeze_steps=3, low_hours=0.03, batch_seconds=8.0, eval_every=15),
 }
@@ -107,10 +111,11 @@ ROWS = [
     Row("dt-fbank", "D&T Fbank (two-stage), regression", "toy-fithubert-fbank"),
 ]
 
-# Audio seconds per second on 2 CPU cores (measured with another job running: pessimistic), for
-# the time estimates printed with every stage.
-SPEED = {"synth": 150.0, "pretrain": 15.0, "distill": 25.0, "distill-fbank": 30.0,
-         "finetune": 60.0, "finetune-teacher": 28.0}
+# Audio seconds per second of each stage on an idle 2-core machine, the teacher alone on both
+# cores, the other stages two at a time on one core each (run_stages), for the time estimates
+# printed with every stage.
+SPEED = {"synth": 150.0, "pretrain": 19.0, "distill": 12.0, "distill-fbank": 15.0,
+         "finetune": 34.0, "finetune-teacher": 17.0}
 PADDING = 0.85  # share of a padded batch that is real audio
 
 
@@ -130,6 +135,8 @@ def parse_args(argv=None):
     g.add_argument("--results", default="results", help="folder for NAME.json, NAME.md, NAME.png")
     g.add_argument("--readme", action="store_true",
                    help="only copy RESULTS/NAME.md (e.g. results/demo.md) between the README's results markers")
+    g.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1),
+                   help="stages run side by side (each gets CPU cores / jobs threads)")
     g.add_argument("--timing-runs", type=int, default=5, help="timed forward passes per model (median)")
     return p.parse_args(argv)
 
@@ -160,10 +167,12 @@ def sizing_for(args):
 @dataclass
 class Stage:
     title: str         # printed in the stage header
+    tag: str           # short name: prefix of its output lines, RUNS/logs/TAG.log
     argv: list         # script and its arguments
     done: str          # the file that exists once the stage has finished
     out_dir: str = ""  # holds checkpoint.pt when an interrupted stage can --resume
     seconds: float = 0.0  # estimated duration
+    needs: tuple = ()  # files that must exist before it starts (other stages' done files)
 
 
 def log_every(steps):
@@ -179,17 +188,19 @@ def command(script, *positional, **flags):
 
 
 def plan(runs, s: Sizing):
-    """The stages of a run, in order."""
+    """The stages of a run, in the order they start: the teacher's fine-tuning runs (the longest
+    ones) start right after the distillations, so that the runs left at the end are short."""
     corpus, teacher = f"{runs}/corpus", f"{runs}/teacher/teacher.pt"
     audio = lambda steps, batch=s.batch_seconds: steps * batch * PADDING  # seconds of audio trained on
     stages = [
-        Stage("toy corpus", command("data.py", "synth", out=corpus, hours=s.hours, seed=0),
+        Stage("toy corpus", "corpus", command("data.py", "synth", out=corpus, hours=s.hours, seed=0),
               f"{corpus}/synth.json", seconds=3600 * s.hours / SPEED["synth"]),
-        Stage("toy HuBERT teacher",
+        Stage("toy HuBERT teacher", "teacher",
               command("pretrain.py", data=f"{corpus}/train", out_dir=f"{runs}/teacher", **TEACHER,
                       max_steps=s.teacher_steps, batch_seconds=s.teacher_batch,
                       log_every=log_every(s.teacher_steps), seed=0),
-              teacher, f"{runs}/teacher", 20 + audio(s.teacher_steps, s.teacher_batch) / SPEED["pretrain"]),
+              teacher, f"{runs}/teacher", 20 + audio(s.teacher_steps, s.teacher_batch) / SPEED["pretrain"],
+              needs=(f"{corpus}/synth.json",)),
     ]
     for row in ROWS[1:]:
         fbank = model.PRESETS[row.preset].config.get("frontend") == "fbank"
@@ -199,11 +210,13 @@ def plan(runs, s: Sizing):
             flags.update(frontend_steps=s.frontend_steps)
         flags.update(row.flags or {})
         out = f"{runs}/students/{row.name}"
-        stages.append(Stage(f"distill: {row.label}",
+        stages.append(Stage(f"distill: {row.label}", f"distill {row.name}",
                             command("distill.py", teacher=teacher, student=row.preset, data=f"{corpus}/train",
                                     out_dir=out, **flags),
                             f"{out}/student.pt", out,
-                            5 + audio(flags["max_steps"]) / SPEED["distill-fbank" if fbank else "distill"]))
+                            5 + audio(flags["max_steps"]) / SPEED["distill-fbank" if fbank else "distill"],
+                            needs=(teacher,)))
+    ctc = []
     for budget in ("low", "high"):
         for row in ROWS:
             out = f"{runs}/ctc/{row.name}-{budget}"
@@ -213,11 +226,11 @@ def plan(runs, s: Sizing):
             if budget == "low":
                 flags.update(max_train_hours=s.low_hours)
             speed = SPEED["finetune" if row.preset else "finetune-teacher"]
-            stages.append(Stage(f"CTC fine-tune ({budget} label budget): {row.label}",
-                                command("finetune.py", init=init, train=f"{corpus}/train", valid=f"{corpus}/dev",
-                                        out_dir=out, **flags),
-                                f"{out}/last.pt", out, 10 + audio(s.finetune_steps) / speed))
-    return stages
+            ctc.append(Stage(f"CTC fine-tune ({budget} label budget): {row.label}", f"ctc {row.name}-{budget}",
+                             command("finetune.py", init=init, train=f"{corpus}/train", valid=f"{corpus}/dev",
+                                     out_dir=out, **flags),
+                             f"{out}/last.pt", out, 10 + audio(s.finetune_steps) / speed, needs=(init,)))
+    return stages + sorted(ctc, key=lambda st: -st.seconds)  # stable: longest first, then table order
 
 
 def stage_state(stage):
@@ -245,36 +258,119 @@ def check_settings(runs, settings):
             json.dump(settings, f, indent=2)
 
 
-def run_stages(stages, runs, start):
-    """Run the stages not done yet; the seconds each took accumulate in RUNS/stage_seconds.json."""
+def relay(proc, tag, log_path, lock):
+    """Copy a stage's output to RUNS/logs/TAG.log and, line by line with its tag, to the console.
+    Progress-bar redraws (text ending in a carriage return) go to the log only."""
+    with open(log_path, "ab") as log:
+        pending = b""
+        for chunk in iter(lambda: proc.stdout.read1(65536), b""):
+            log.write(chunk)
+            log.flush()
+            *lines, pending = (pending + chunk).split(b"\n")
+            with lock:
+                for line in lines:
+                    line = line.rsplit(b"\r", 1)[-1].decode(errors="replace").rstrip()
+                    if line:
+                        print(f"[{tag}] {line}", flush=True)
+
+
+class Running:
+    """One started stage: its process, the thread relaying its output, its start time."""
+
+    def __init__(self, stage, number, runs, threads, lock, resume):
+        argv = [sys.executable, *stage.argv] + (["--resume"] if resume else [])
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads)}
+        os.makedirs(os.path.join(runs, "logs"), exist_ok=True)
+        log_path = os.path.join(runs, "logs", stage.tag.replace(" ", "-") + ".log")
+        with lock:
+            print(f"$ {shlex.join(['python', *argv[1:]])}  # {threads} thread(s), log {log_path}", flush=True)
+        # A session of its own: Ctrl-C reaches only this process, which passes it on once (below),
+        # so that each stage stops at its next step with a checkpoint instead of being killed.
+        self.proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        self.thread = threading.Thread(target=relay, args=(self.proc, stage.tag, log_path, lock), daemon=True)
+        self.thread.start()
+        self.stage, self.number, self.t0 = stage, number, time.time()
+
+
+def stop_all(running):
+    """Ask every running stage to stop with a checkpoint (their Ctrl-C handling) and wait for them."""
+    for r in running:
+        r.proc.send_signal(signal.SIGINT)
+    for r in running:
+        r.proc.wait()
+        r.thread.join()
+
+
+def run_stages(stages, runs, start, jobs=1):
+    """Run the stages not done yet, up to `jobs` at a time, each as soon as the files it needs
+    exist; the seconds each took accumulate in RUNS/stage_seconds.json. A stage that runs alone
+    gets all CPU cores; stages side by side share them (small models use one core better than two:
+    two 1-thread fine-tuning runs side by side finish 1.4x sooner than one after the other)."""
     times_path = os.path.join(runs, "stage_seconds.json")
     times = {}
     if os.path.exists(times_path):
         with open(times_path) as f:
             times = json.load(f)
-    left = sum(st.seconds for st in stages if stage_state(st) != "done")
-    print(f"demo: {len(stages)} stages, estimated {format_duration(left)} still to run "
-          f"(estimates measured on 2 busy CPU cores)", flush=True)
-    for i, st in enumerate(stages, 1):
-        state = stage_state(st)
-        elapsed = format_duration(time.time() - start)
-        if state == "done":
-            print(f"[{i}/{len(stages)}] {st.title}: done ({st.done})", flush=True)
-            continue
-        print(f"\n[{i}/{len(stages)}] {st.title} | elapsed {elapsed} | estimate {format_duration(st.seconds)}, "
-              f"~{format_duration(left)} left in all", flush=True)
-        argv = [sys.executable, *st.argv] + (["--resume"] if state == "resume" else [])
-        print("$ " + shlex.join(["python", *argv[1:]]), flush=True)
-        t0 = time.time()
-        code = subprocess.run(argv, env={**os.environ, "PYTHONUNBUFFERED": "1"}).returncode
-        if code != 0:
-            raise SystemExit(f"demo: stage '{st.title}' failed (exit {code}); fix the error above and rerun: "
-                             f"finished stages are kept and this one continues from its checkpoint")
-        times[st.title] = times.get(st.title, 0.0) + time.time() - t0
-        with open(times_path, "w") as f:
-            json.dump(times, f, indent=2)
-        left -= st.seconds
+    numbers = {id(st): i for i, st in enumerate(stages, 1)}
+    todo = [st for st in stages if stage_state(st) != "done"]
+    for st in stages:
+        if st not in todo:
+            print(f"[{numbers[id(st)]}/{len(stages)}] {st.title}: done ({st.done})", flush=True)
+    running, lock, cpus, t_start = [], threading.Lock(), os.cpu_count() or 1, time.time()
+    # Ctrl-C, and a plain `kill` too, end up in the `except KeyboardInterrupt` below.
+    previous = {s: signal.signal(s, signal.default_int_handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    left = lambda: sum(st.seconds for st in todo) + sum(r.stage.seconds for r in running)
+    print(f"demo: {len(stages)} stages, {len(todo)} to run, up to {jobs} at a time; estimated "
+          f"{format_duration(left())} of stage time still to run", flush=True)
+    try:
+        while todo or running:
+            busy = {r.stage.done for r in running}  # a stage may write its file a moment before it ends
+            ready = [st for st in todo if all(os.path.exists(f) and f not in busy for f in st.needs)]
+            for st in ready[:jobs - len(running)]:
+                todo.remove(st)
+                alone = not running and len(ready) == 1
+                threads = cpus if alone else max(1, cpus // jobs)
+                with lock:
+                    print(f"\n[{numbers[id(st)]}/{len(stages)}] {st.title} | elapsed "
+                          f"{format_duration(time.time() - start)} | estimate {format_duration(st.seconds)}, "
+                          f"~{format_duration(left() / min(jobs, 1 + len(todo)))} left in all", flush=True)
+                running.append(Running(st, numbers[id(st)], runs, threads, lock, stage_state(st) == "resume"))
+            if not running:
+                raise SystemExit(f"demo: no stage can start: {todo[0].title} needs {', '.join(todo[0].needs)}")
+            time.sleep(0.2)
+            for r in [r for r in running if r.proc.poll() is not None]:
+                running.remove(r)
+                r.thread.join()
+                if r.proc.returncode != 0:
+                    stop_all(running)
+                    raise SystemExit(f"demo: stage '{r.stage.title}' failed (exit {r.proc.returncode}); its output "
+                                     f"is in {runs}/logs; fix the error and rerun: finished stages are kept and "
+                                     f"unfinished ones continue from their checkpoints")
+                times[r.stage.title] = times.get(r.stage.title, 0.0) + time.time() - r.t0
+                with open(times_path, "w") as f:
+                    json.dump(times, f, indent=2)
+                with lock:
+                    print(f"[{r.number}/{len(stages)}] finished: {r.stage.title} in "
+                          f"{format_duration(time.time() - r.t0)}", flush=True)
+    except KeyboardInterrupt:
+        print("\ndemo: Ctrl-C: stopping the running stages at their next step, with checkpoints ...", flush=True)
+        stop_all(running)
+        raise SystemExit("demo: stopped; rerun the same command to continue where it stopped")
+    finally:
+        add_wall_seconds(runs, time.time() - t_start)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     return times
+
+
+def add_wall_seconds(runs, seconds):
+    """Wall time spent running stages, summed over the invocations of a demo (RUNS/wall_seconds)."""
+    path = os.path.join(runs, "wall_seconds")
+    total = seconds + (float(open(path).read()) if os.path.exists(path) else 0.0)
+    with open(path, "w") as f:
+        f.write(f"{total:.1f}\n")
+    return total
 
 
 # ----------------------------------------------------------------------------------------------
@@ -450,13 +546,15 @@ def main(args):
             f.write(text)
         print(f"README.md: Results section now holds {args.results}/{name}.md")
         return
+    if args.jobs < 1:
+        raise SystemExit("error: --jobs must be at least 1")
     start = time.time()
     runs, s = args.runs or os.path.join("runs", name), sizing_for(args)
     settings = {**asdict(s), "teacher": TEACHER, "rows": [asdict(r) for r in ROWS], "distill": DISTILL,
                 "finetune": FINETUNE}
     check_settings(runs, settings)
     stages = plan(runs, s)
-    times = run_stages(stages, runs, start)
+    times = run_stages(stages, runs, start, args.jobs)
 
     print(f"\n[results] test WER and CPU time | elapsed {format_duration(time.time() - start)}", flush=True)
     t0 = time.time()
@@ -466,7 +564,7 @@ def main(args):
         "command": shlex.join(["python", "demo.py", *sys.argv[1:]]),
         "machine": machine(), "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "date": datetime.date.today().isoformat(), "torch": torch.__version__,
-        "wall_seconds": sum(times.values()) + time.time() - t0, "stage_seconds": times,
+        "wall_seconds": add_wall_seconds(runs, time.time() - t0), "stage_seconds": times,
         "settings": {**asdict(s), "teacher": f"{t['layers']}x{t['dim']} (FFN {t['ffn']})"},
         "label_hours": hours,
         "timing": {"threads": torch.get_num_threads(), "audio_seconds": batch_audio, "runs": args.timing_runs},

@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import types
 
 import numpy as np
@@ -1948,19 +1949,43 @@ def test_finished_stages_are_skipped_and_interrupted_ones_resume(tmp_path, capsy
     ckpt_dir = tmp_path / "interrupted"
     ckpt_dir.mkdir()
     (ckpt_dir / "checkpoint.pt").write_bytes(b"")
-    stages = [demo.Stage("finished", ["-c", "raise SystemExit(3)"], done),  # would fail if it ran
-              demo.Stage("interrupted", ["-c", write_argv, resumed], resumed, str(ckpt_dir)),
-              demo.Stage("new", ["-c", write_argv, fresh], fresh, str(tmp_path / "new"))]
+    stages = [demo.Stage("finished", "a", ["-c", "raise SystemExit(3)"], done),  # would fail if it ran
+              demo.Stage("interrupted", "b", ["-c", write_argv, resumed], resumed, str(ckpt_dir)),
+              demo.Stage("new", "c", ["-c", write_argv, fresh], fresh, str(tmp_path / "new"))]
     assert [demo.stage_state(s) for s in stages] == ["done", "resume", "new"]
     times = demo.run_stages(stages, str(tmp_path), start=0.0)
     assert json.load(open(resumed)) == [resumed, "--resume"]
     assert json.load(open(fresh)) == [fresh]
     assert set(times) == {"interrupted", "new"}
     assert "[1/3] finished: done" in capsys.readouterr().out
+    assert float((tmp_path / "wall_seconds").read_text()) > 0
+
+
+def test_stages_run_side_by_side_after_what_they_need_with_tagged_output(tmp_path, capsys):
+    """Two slots: 'slow' and 'other' start together; 'after' waits until slow has ended (not just
+    written its file). Each stage's output reaches the console line by line with its tag
+    (progress-bar redraws only the log)."""
+    script = ("import os, sys, time; time.sleep(float(sys.argv[2])); "
+              "print('bar 1%\\rbar 100%'); print('threads', os.environ['OMP_NUM_THREADS']); "
+              "open(sys.argv[1], 'w').write(str(time.time())); time.sleep(float(sys.argv[3]))")
+    slow, other, after = (str(tmp_path / n) for n in ("slow", "other", "after"))
+    stages = [demo.Stage("slow stage", "slow", ["-c", script, slow, "1.0", "0.5"], slow),
+              demo.Stage("dependent stage", "after", ["-c", script, after, "0", "0"], after, needs=(slow,)),
+              demo.Stage("other stage", "other", ["-c", script, other, "0", "0"], other)]
+    t0 = time.time()
+    demo.run_stages(stages, str(tmp_path), start=t0, jobs=2)
+    ends = {n: float(open(p).read()) for n, p in (("slow", slow), ("other", other), ("after", after))}
+    assert ends["other"] < ends["slow"]  # other did not wait for slow
+    assert ends["after"] > ends["slow"] + 0.5  # after waited for slow to exit
+    out = capsys.readouterr().out
+    assert "[slow] bar 100%" in out and "[slow] bar 1%" not in out
+    assert f"[other] threads {max(1, (os.cpu_count() or 1) // 2)}" in out
+    assert b"bar 1%\rbar 100%" in (tmp_path / "logs" / "slow.log").read_bytes()
+    assert time.time() - t0 < 8
 
 
 def test_a_failed_stage_stops_the_demo_naming_it(tmp_path):
-    stages = [demo.Stage("broken", ["-c", "raise SystemExit(2)"], str(tmp_path / "never"))]
+    stages = [demo.Stage("broken", "broken", ["-c", "raise SystemExit(2)"], str(tmp_path / "never"))]
     with pytest.raises(SystemExit, match="stage 'broken' failed \\(exit 2\\)"):
         demo.run_stages(stages, str(tmp_path), start=0.0)
 
