@@ -37,6 +37,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, replace
 
+import jiwer
 import torch
 
 import data
@@ -114,8 +115,8 @@ ROWS = [
 # Audio seconds per second of each stage on an idle 2-core machine, the teacher alone on both
 # cores, the other stages two at a time on one core each (run_stages), for the time estimates
 # printed with every stage.
-SPEED = {"synth": 150.0, "pretrain": 19.0, "distill": 12.0, "distill-fbank": 15.0,
-         "finetune": 34.0, "finetune-teacher": 17.0}
+SPEED = {"synth": 200.0, "pretrain": 19.0, "distill": 12.0, "distill-fbank": 20.0,
+         "finetune": 36.0, "finetune-teacher": 17.0}
 PADDING = 0.85  # share of a padded batch that is real audio
 
 
@@ -302,6 +303,19 @@ def stop_all(running):
         r.thread.join()
 
 
+def time_left(todo, running, jobs, now):
+    """Seconds until the last stage ends if each takes its estimate: run_stages' schedule replayed
+    (each stage in turn takes the first free slot, once the stages it needs have ended)."""
+    ends = {r.stage.done: max(now, r.t0 + r.stage.seconds) for r in running}
+    slots = sorted(ends.values()) + [now] * (jobs - len(running))
+    for st in todo:
+        slot = min(slots)
+        slots.remove(slot)
+        ends[st.done] = max([slot] + [ends.get(f, now) for f in st.needs]) + st.seconds
+        slots.append(ends[st.done])
+    return max(ends.values(), default=now) - now
+
+
 def run_stages(stages, runs, start, jobs=1):
     """Run the stages not done yet, up to `jobs` at a time, each as soon as the files it needs
     exist; the seconds each took accumulate in RUNS/stage_seconds.json. A stage that runs alone
@@ -320,9 +334,9 @@ def run_stages(stages, runs, start, jobs=1):
     running, lock, cpus, t_start = [], threading.Lock(), os.cpu_count() or 1, time.time()
     # Ctrl-C, and a plain `kill` too, end up in the `except KeyboardInterrupt` below.
     previous = {s: signal.signal(s, signal.default_int_handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    left = lambda: sum(st.seconds for st in todo) + sum(r.stage.seconds for r in running)
     print(f"demo: {len(stages)} stages, {len(todo)} to run, up to {jobs} at a time; estimated "
-          f"{format_duration(left())} of stage time still to run", flush=True)
+          f"{format_duration(time_left(todo, running, jobs, time.time()))} (times measured on 2 idle cores)",
+          flush=True)
     try:
         while todo or running:
             busy = {r.stage.done for r in running}  # a stage may write its file a moment before it ends
@@ -334,7 +348,8 @@ def run_stages(stages, runs, start, jobs=1):
                 with lock:
                     print(f"\n[{numbers[id(st)]}/{len(stages)}] {st.title} | elapsed "
                           f"{format_duration(time.time() - start)} | estimate {format_duration(st.seconds)}, "
-                          f"~{format_duration(left() / min(jobs, 1 + len(todo)))} left in all", flush=True)
+                          f"~{format_duration(time_left([st, *todo], running, jobs, time.time()))} left in all",
+                          flush=True)
                 running.append(Running(st, numbers[id(st)], runs, threads, lock, stage_state(st) == "resume"))
             if not running:
                 raise SystemExit(f"demo: no stage can start: {todo[0].title} needs {', '.join(todo[0].needs)}")
@@ -411,14 +426,15 @@ def measure(runs, s: Sizing, timing_runs):
              "high": sum(u.num_samples for u in train) / data.SAMPLE_RATE / 3600}
     rows, models = [], {}
     for row in ROWS:
-        wer = {}
+        wer, cer = {}, {}
         for budget in ("low", "high"):
             ctc = finetune.load_ctc(f"{runs}/ctc/{row.name}-{budget}/best.pt")
-            wer[budget], _ = finetune.evaluate(ctc, test, torch.device("cpu"), s.batch_seconds,
-                                               desc=f"test WER {row.name} ({budget})")
+            wer[budget], pairs = finetune.evaluate(ctc, test, torch.device("cpu"), s.batch_seconds,
+                                                   desc=f"test WER {row.name} ({budget})")
+            cer[budget] = 100.0 * jiwer.cer(*([finetune.normalize_for_wer(p[i]) for p in pairs] for i in (1, 2)))
         models[row.name] = ctc.eval()
         rows.append({"name": row.name, "label": row.label, "preset": row.preset,
-                     "params_M": model.count_parameters(ctc.encoder) / 1e6, "wer": wer})
+                     "params_M": model.count_parameters(ctc.encoder) / 1e6, "wer": wer, "cer": cer})
     batch = data.collate([data.AudioDataset(test)[i] for i in range(min(8, len(test)))])
     ms = time_models(models, batch["waves"], batch["lengths"], timing_runs)
     for r in rows:
@@ -479,11 +495,12 @@ def markdown(result):
     h, s = result["label_hours"], result["settings"]
     lines = [f"`{result['command']}` on {result['machine']}, {result['date']}: ran in "
              f"{format_duration(result['wall_seconds'])}.", "",
-             f"| model | params (M) | CPU time vs teacher | test WER, {60 * h['low']:.0f} min labels | "
-             f"test WER, {60 * h['high']:.0f} min labels |", "|---|---:|---:|---:|---:|"]
+             f"| model | params (M) | CPU time vs teacher | test WER (CER), {60 * h['low']:.0f} min labels | "
+             f"test WER (CER), {60 * h['high']:.0f} min labels |", "|---|---:|---:|---:|---:|"]
     for r in result["rows"]:
-        lines.append(f"| {r['label']} | {r['params_M']:.2f} | {r['time_ratio']:.2f} | {r['wer']['low']:.1f} | "
-                     f"{r['wer']['high']:.1f} |")
+        cer = r.get("cer", {})  # results written before CER was measured have none
+        err = lambda b: f"{r['wer'][b]:.1f}" + (f" ({cer[b]:.1f})" if b in cer else "")
+        lines.append(f"| {r['label']} | {r['params_M']:.2f} | {r['time_ratio']:.2f} | {err('low')} | {err('high')} |")
     lines += ["", f"Toy corpus {s['hours']:g} h (train {h['high']:.2f} h; dev and test voices held out). Teacher "
               f"{s['teacher']} pre-trained {s['teacher_steps']} steps; students distilled {s['distill_steps']} "
               f"steps; CTC {s['finetune_steps']} steps per model and budget; batches of {s['batch_seconds']:g} s; "
@@ -564,7 +581,7 @@ def main(args):
         "command": shlex.join(["python", "demo.py", *sys.argv[1:]]),
         "machine": machine(), "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "date": datetime.date.today().isoformat(), "torch": torch.__version__,
-        "wall_seconds": add_wall_seconds(runs, time.time() - t0), "stage_seconds": times,
+        "wall_seconds": add_wall_seconds(runs, 0.0) + time.time() - t0, "stage_seconds": times,
         "settings": {**asdict(s), "teacher": f"{t['layers']}x{t['dim']} (FFN {t['ffn']})"},
         "label_hours": hours,
         "timing": {"threads": torch.get_num_threads(), "audio_seconds": batch_audio, "runs": args.timing_runs},

@@ -1902,7 +1902,8 @@ def demo_result(**wer):
     ms = {"teacher": 100.0, "scratch": 50.0, "sw": 40.0, "dt": 50.0, "dt-disc": 50.0, "dt-fbank": 20.0}
     rows = [{"name": r.name, "label": r.label, "preset": r.preset, "params_M": params[r.name],
              "cpu_ms": ms[r.name], "time_ratio": ms[r.name] / 100.0,
-             "wer": {"low": base[r.name][0], "high": base[r.name][1]}} for r in demo.ROWS]
+             "wer": {"low": base[r.name][0], "high": base[r.name][1]},
+             "cer": {"low": base[r.name][0] / 3, "high": base[r.name][1] / 3}} for r in demo.ROWS]
     return {"command": "python demo.py", "machine": "x86_64, 2 CPUs", "date": "2025-01-01", "wall_seconds": 2400,
             "settings": {**vars(demo.SIZINGS["full"]), "teacher": "12x160 (FFN 640)"},
             "label_hours": {"low": 0.1, "high": 1.0}, "timing": {"threads": 2, "audio_seconds": 30.0, "runs": 5},
@@ -1912,10 +1913,10 @@ def demo_result(**wer):
 def test_results_table_has_every_model_with_params_time_and_both_budgets():
     text = demo.markdown(demo_result())
     lines = [l for l in text.splitlines() if l.startswith("| ")]
-    assert lines[0] == ("| model | params (M) | CPU time vs teacher | test WER, 6 min labels | "
-                        "test WER, 60 min labels |")
+    assert lines[0] == ("| model | params (M) | CPU time vs teacher | test WER (CER), 6 min labels | "
+                        "test WER (CER), 60 min labels |")
     assert len(lines) == 1 + len(demo.ROWS)
-    assert "| D&T Fbank (two-stage), regression | 0.84 | 0.20 | 62.0 | 36.0 |" in lines
+    assert "| D&T Fbank (two-stage), regression | 0.84 | 0.20 | 62.0 (20.7) | 36.0 (12.0) |" in lines
     assert "`python demo.py` on x86_64, 2 CPUs, 2025-01-01: ran in 40m00s." in text
 
 
@@ -1982,6 +1983,14 @@ def test_stages_run_side_by_side_after_what_they_need_with_tagged_output(tmp_pat
     assert f"[other] threads {max(1, (os.cpu_count() or 1) // 2)}" in out
     assert b"bar 1%\rbar 100%" in (tmp_path / "logs" / "slow.log").read_bytes()
     assert time.time() - t0 < 8
+
+
+def test_time_left_replays_the_schedule_with_the_estimates():
+    teacher = demo.Stage("teacher", "t", [], "T", seconds=100)
+    a, b, c = (demo.Stage(n, n, [], n, seconds=s, needs=("T",)) for n, s in (("a", 50), ("b", 50), ("c", 20)))
+    assert demo.time_left([teacher, a, b, c], [], jobs=2, now=0) == 170  # 100, then a|b, then c
+    assert demo.time_left([teacher, a, b, c], [], jobs=1, now=0) == 220
+    assert demo.time_left([a, b], [], jobs=2, now=0) == 50  # the teacher is done
 
 
 def test_a_failed_stage_stops_the_demo_naming_it(tmp_path):
