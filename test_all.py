@@ -1485,24 +1485,9 @@ def test_export_of_an_fbank_student_is_a_clear_error(tmp_path):
 
 
 REL_CNN = [(16, 10, 5)] + [(16, 3, 2)] * 4 + [(16, 2, 2)] * 2  # HuBERT's strides, narrow channels
-REL_WORDS = "THE CAT SAW A DOG IT'S RED AND BLUE".split()
-
-
 def rel_write_corpus(root, utterances=8, seconds=(0.5, 1.0), seed=0):
-    """A LibriSpeech-layout folder (one speaker, one chapter) of tones in noise with transcripts."""
-    rng = np.random.default_rng(seed)
-    folder = os.path.join(root, "100", "1")
-    os.makedirs(folder, exist_ok=True)
-    lines = []
-    for k in range(utterances):
-        n = int(rng.uniform(*seconds) * data.SAMPLE_RATE)
-        t = np.arange(n) / data.SAMPLE_RATE
-        wave = 0.3 * np.sin(2 * np.pi * rng.uniform(100, 400) * t) + 0.05 * rng.standard_normal(n)
-        sf.write(os.path.join(folder, f"100-1-{k:04d}.flac"), wave.astype(np.float32), data.SAMPLE_RATE)
-        lines.append(f"100-1-{k:04d} " + " ".join(rng.choice(REL_WORDS, size=3)))
-    with open(os.path.join(folder, "100-1.trans.txt"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    return root
+    """One speaker, one chapter of tones in noise with transcripts (ft_write_corpus)."""
+    return ft_write_corpus(root, speakers=1, per_speaker=utterances, seconds=seconds, seed=seed)
 
 
 def rel_teacher_checkpoint(path, nan=False):
