@@ -74,7 +74,7 @@ class Sizing:
 # steps of 32 s: ~3 epochs of the 1 h train set), 4 distillations a quarter (300 steps of 16 s:
 # ~1.1 epochs each), 12 CTC runs the rest (300 steps of 16 s each, both budgets: fine-tuning is
 # step-limited here, so the larger budget mostly buys variety, not more updates). "quick" runs
-# the same flow in ~4 min; its models stay at ~100% WER.
+# the same flow in ~3 min; its models stay at ~100% WER.
 SIZINGS = {
     "full": Sizing(hours=1.25, teacher_steps=400, teacher_batch=32.0, distill_steps=300, frontend_steps=60,
                    finetune_steps=300, freeze_steps=30, low_hours=0.1, batch_seconds=16.0, eval_every=100),
@@ -379,13 +379,16 @@ def run_stages(stages, runs, start, jobs=1):
     return times
 
 
-def add_wall_seconds(runs, seconds):
+def wall_seconds(runs):
     """Wall time spent running stages, summed over the invocations of a demo (RUNS/wall_seconds)."""
     path = os.path.join(runs, "wall_seconds")
-    total = seconds + (float(open(path).read()) if os.path.exists(path) else 0.0)
-    with open(path, "w") as f:
+    return float(open(path).read()) if os.path.exists(path) else 0.0
+
+
+def add_wall_seconds(runs, seconds):
+    total = wall_seconds(runs) + seconds  # read before the file is opened for writing
+    with open(os.path.join(runs, "wall_seconds"), "w") as f:
         f.write(f"{total:.1f}\n")
-    return total
 
 
 # ----------------------------------------------------------------------------------------------
@@ -581,7 +584,7 @@ def main(args):
         "command": shlex.join(["python", "demo.py", *sys.argv[1:]]),
         "machine": machine(), "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "date": datetime.date.today().isoformat(), "torch": torch.__version__,
-        "wall_seconds": add_wall_seconds(runs, 0.0) + time.time() - t0, "stage_seconds": times,
+        "wall_seconds": wall_seconds(runs) + time.time() - t0, "stage_seconds": times,
         "settings": {**asdict(s), "teacher": f"{t['layers']}x{t['dim']} (FFN {t['ffn']})"},
         "label_hours": hours,
         "timing": {"threads": torch.get_num_threads(), "audio_seconds": batch_audio, "runs": args.timing_runs},

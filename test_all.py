@@ -1945,6 +1945,9 @@ def test_finished_stages_are_skipped_and_interrupted_ones_resume(tmp_path, capsy
     assert set(times) == {"interrupted", "new"}
     assert "[1/3] finished: done" in capsys.readouterr().out
     assert float((tmp_path / "wall_seconds").read_text()) > 0
+    before = demo.wall_seconds(str(tmp_path))
+    demo.add_wall_seconds(str(tmp_path), 2.0)  # a later invocation adds to it
+    assert demo.wall_seconds(str(tmp_path)) == pytest.approx(before + 2.0, abs=0.1)
 
 
 def test_stages_run_side_by_side_after_what_they_need_with_tagged_output(tmp_path, capsys):
