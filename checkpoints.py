@@ -294,6 +294,14 @@ HF_PREFIXES = [("encoder.feature_extractor.", "hubert.feature_extractor."),
                ("encoder.encoder.transformer.", "hubert.encoder."),
                ("mask_embedding", "hubert.masked_spec_embed"), ("proj.", "lm_head.")]
 
+# <s>, </s>, <unk>: in fairseq's letter dictionary (so the CTC head has outputs for them) but in
+# no transcript, so those outputs never train and an under-trained model may rank them first.
+# finetune.greedy_decode takes its argmax without them; the export gives them zero weights and
+# this bias, so that transformers' argmax (and its tokenizer, which would print them) never picks
+# them either, while the logits of the blank and the characters stay ours.
+NEVER_EMITTED = [data.VOCAB.index(token) for token in ("<s>", "</s>", "<unk>")]
+NEVER_EMITTED_LOGIT = -1e4  # far below any real logit, and finite in fp16 (softmax gives them 0)
+
 
 def huggingface_name(key):
     """e.g. "encoder.encoder.transformer.layers.0.attention.q_proj.weight" -> "hubert.encoder.layers.0.attention.q_proj.weight"."""
@@ -332,7 +340,10 @@ def huggingface_config(ctc):
 
 def export_huggingface(ctc, out_dir):
     """Write a folder that transformers.HubertForCTC.from_pretrained and
-    pipeline("automatic-speech-recognition", model=out_dir) load without this project."""
+    pipeline("automatic-speech-recognition", model=out_dir) load without this project. The
+    pipeline's transcripts are those of finetune.py --transcribe (greedy): the head's rows for
+    NEVER_EMITTED become weight 0, bias NEVER_EMITTED_LOGIT, the other logits are unchanged (so
+    log-probs equal ours renormalised over the blank and the characters)."""
     if ctc.encoder.config.frontend != "cnn":
         raise ValueError("only CNN front-end models export to transformers: HubertForCTC has no Fbank "
                          "front-end; keep using finetune.py --transcribe for Fbank students")
@@ -341,6 +352,9 @@ def export_huggingface(ctc, out_dir):
     state = ctc.state_dict()
     if ctc.config.mask_prob == 0 and ctc.config.mask_channel_prob == 0:
         del state["mask_embedding"]  # HubertForCTC has no masked_spec_embed without masking
+    state["proj.weight"], state["proj.bias"] = state["proj.weight"].clone(), state["proj.bias"].clone()
+    state["proj.weight"][NEVER_EMITTED] = 0.0
+    state["proj.bias"][NEVER_EMITTED] = NEVER_EMITTED_LOGIT
     tensors = {huggingface_name(k): v.detach().cpu().contiguous() for k, v in state.items()}
     save_file(tensors, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
     specials = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": data.VOCAB[data.BLANK]}

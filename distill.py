@@ -4,7 +4,9 @@ The loop is written out in main(): teacher forward (no grad), student forward, r
 on the predicted teacher layers (L1 + cosine, DistilHuBERT), optional discriminative loss (KL to
 the teacher's distribution over HuBERT's codewords, the paper's Sec. 3.2), backward, clip, step,
 log. Defaults are the authors' (AdamW 2e-4, 7% warmup, betas 0.9/0.98, eps 1e-6, weight decay
-1e-6, clip 5). Fbank students first train only their front-end for --frontend-steps (Sec. 3.3).
+1e-6, clip 5); --tau 0.1 is HuBERT's (theirs is in an unreleased config; each run prints how far
+the teacher's codeword distribution is from uniform). Fbank students first train only their
+front-end for --frontend-steps (Sec. 3.3), optionally with --specaugment.
 Runs unchanged under `torchrun --nproc_per_node=N distill.py ...` (DistributedDataParallel).
 Ctrl-C (or SIGTERM) stops at the next step with a checkpoint; --resume continues bit-exactly.
 Throughput of this step (audio-s/s, FLOPs utilisation): bench.py.
@@ -15,6 +17,7 @@ Throughput of this step (audio-s/s, FLOPs utilisation): bench.py.
 import argparse
 import contextlib
 import json
+import math
 import os
 import random
 import shlex
@@ -54,6 +57,10 @@ def parse_args(argv=None):
     g.add_argument("--dim", type=int, help="override the preset's width")
     g.add_argument("--ffn", type=int, help="override the preset's FFN inner width")
     g.add_argument("--heads", type=int, help="override the preset's attention heads")
+    g.add_argument("--specaugment", action=argparse.BooleanOptionalAction, default=False,
+                   help="Fbank students only: SpecAugment on the fbank features in training (the authors' "
+                        "2 frequency masks <= 30 bins, 2 time masks <= 40 frames of 10 ms); stored in the "
+                        "student's config, so fine-tuning keeps it unless finetune.py --no-specaugment")
     g.add_argument("--target-layers", type=str, default=None,
                    help="teacher layers to predict, e.g. 4,8,12 (default: 3 evenly spaced for S&W "
                         "presets, proportional layer-to-layer for D&T)")
@@ -62,13 +69,18 @@ def parse_args(argv=None):
     g.add_argument("--cos-weight", type=float, default=1.0, help="weight of the -log sigmoid(cos) term")
     g.add_argument("--disc-weight", type=float, default=0.0,
                    help="weight of the discriminative KL loss (0 = off; the paper tries 0.2-0.8)")
-    g.add_argument("--tau", type=float, default=1.0,
-                   help="temperature of the codeword distributions (authors' code 1.0; HuBERT's own 0.1)")
+    g.add_argument("--tau", type=float, default=0.1,
+                   help="temperature of the codeword distributions softmax(cos / tau), unitless. HuBERT's own "
+                        "logit temperature is 0.1 (the authors read theirs from an unreleased config); at 1 a "
+                        "softmax over cosines in [-1, 1] across hundreds of codewords is almost uniform (toy "
+                        "teacher: entropy 4.600 vs 4.605 nats, max 1.5%%): the KL targets say almost "
+                        "nothing. Each run prints the teacher's entropy on its first batch")
     g.add_argument("--disc-head", default="linear", choices=["cos", "linear", "hard"],
                    help="student discriminative head: cosine to the teacher's codewords, linear logits, "
                         "or cross-entropy on the teacher's argmax unit")
     g.add_argument("--frontend-steps", type=int, default=0,
-                   help="Fbank students: steps that train only the front-end (L1 to teacher layer 0)")
+                   help="Fbank students only: first steps that train only the front-end (L1 to teacher "
+                        "layer 0, the paper's stage 1); 0 = no stage 1")
     g = p.add_argument_group("optim")
     g.add_argument("--max-steps", type=int, default=25_000, help="optimizer steps (authors: 25k)")
     g.add_argument("--lr", type=float, default=2e-4, help="peak learning rate")
@@ -299,12 +311,24 @@ class Logger:
         if self.rank != 0:
             return rec
         eta = format_duration(ms / 1000 * (self.max_steps - step))
-        parts = " ".join(f"{k} {v:.4g}" for k, v in values.items() if k != "lr")
+        parts = " ".join(f"{k} {v:.4g}" for k, v in values.items() if k != "lr" and not isinstance(v, list))
         print(f"step {step:>6}/{self.max_steps} | {parts} | lr {values.get('lr', 0):.2e} | "
               f"{ms:.0f} ms/step | {rec['audio_s_per_s']:.1f} audio-s/s | ETA {eta}", flush=True)
         with open(self.path, "a") as f:
             f.write(json.dumps(rec) + "\n")
         return rec
+
+
+def add_parts(sums, parts):
+    """Add one batch's loss parts (numbers, or per-layer lists) to sums {name: (total, batches)}."""
+    for k, v in parts.items():
+        total, n = sums.get(k, (0.0, 0))
+        sums[k] = (total + np.asarray(v, dtype=float), n + 1)
+
+
+def mean_parts(sums):
+    """{name: mean over the batches since the last log line}: what each progress line shows."""
+    return {k: (total / n).tolist() for k, (total, n) in sums.items()}
 
 
 def autocast(device, precision):
@@ -352,7 +376,7 @@ def distill_loss(args, teacher, distiller, waves, lengths, frontend_only):
         return loss, {"frontend_l1": loss.item()}
     target = torch.stack([trim(t_hidden[t].float(), T) for t in distiller_module(distiller).heads.teacher_layers])
     loss, parts = losses.regression_loss(pred, target, mask, args.l1_weight, args.cos_weight)
-    parts = {k: float(v) for k, v in parts.items() if k in ("l1", "cos")}
+    parts = {k: v.tolist() for k, v in parts.items()}  # l1, cos: means over layers; *_layers: per layer
     if args.disc_weight > 0:
         t_logits = trim(teacher.head.logits(t_hidden[-1].float(), args.tau), T)
         s_logits = trim(s_logits.float(), T)
@@ -371,13 +395,16 @@ def make_distiller(args, preset, student, teacher):
     """The student with its regression heads (and discriminative head, and the Fbank stage-1
     projection), as one module. Returns (distiller, pairs)."""
     tcfg = teacher.config
-    pairs = model.distill_pairs(model.PRESETS[preset].style, student.config.layers, tcfg.layers,
-                                args.target_layers)
+    style = model.PRESETS[preset].style
+    pairs = model.distill_pairs(style, student.config.layers, tcfg.layers, args.target_layers)
     codewords = teacher.head.codewords.detach() if teacher.head is not None else None
     heads = losses.DistillHeads(student.config.dim, tcfg.dim, pairs,
-                                args.disc_head if args.disc_weight > 0 else None, codewords, args.tau)
-    is_fbank = student.config.frontend == "fbank"
-    frontend_proj = nn.Linear(student.config.dim, tcfg.dim) if is_fbank else None
+                                args.disc_head if args.disc_weight > 0 else None, codewords, args.tau,
+                                style=style)
+    # Only when stage 1 runs: a parameter that never gets a gradient stalls DDP at step 2 ("Expected
+    # to have finished reduction"). Default nn.Linear init, as the authors' frontend_proj.
+    stage1 = student.config.frontend == "fbank" and args.frontend_steps > 0
+    frontend_proj = nn.Linear(student.config.dim, tcfg.dim) if stage1 else None
     return Distiller(student, heads, frontend_proj), pairs
 
 
@@ -385,7 +412,30 @@ def make_distiller(args, preset, student, teacher):
 # Main
 
 
+def check_frontend_flags(args):
+    """--frontend-steps and --specaugment act on the Fbank front-end: refuse them for a student with
+    HuBERT's waveform CNN before any work is done (one-line error, not a traceback at step 1)."""
+    frontend = model.PRESETS[args.student].config.get("frontend", "cnn")
+    used = [flag for flag, on in (("--frontend-steps", args.frontend_steps > 0),
+                                  ("--specaugment", args.specaugment)) if on]
+    if used and frontend != "fbank":
+        raise ValueError(f"{' and '.join(used)} need{'s' if len(used) == 1 else ''} an Fbank student "
+                         f"(a *-fbank preset); {args.student} has HuBERT's waveform CNN")
+
+
+def codeword_entropy(teacher, waves, lengths, tau):
+    """How much the discriminative targets say: the teacher's p_T = softmax(cos / tau) over its K
+    codewords on a batch -> (mean entropy over real frames, nats; mean max probability; K).
+    Uniform would be log K nats: near it, the KL term teaches almost nothing (lower --tau)."""
+    hidden, frame_lengths = teacher(waves, lengths)
+    logp = teacher.head.logits(hidden[-1].float(), tau).log_softmax(-1)  # (B, T, K)
+    real = ~model.padding_mask(frame_lengths, logp.shape[1])
+    entropy = -(logp.exp() * logp).sum(-1)[real]                         # (frames,)
+    return entropy.mean().item(), logp.exp().amax(-1)[real].mean().item(), logp.shape[-1]
+
+
 def main(args):
+    check_frontend_flags(args)
     device, rank, world = setup(args)
     start_run(args, rank)
     ckpt_path = os.path.join(args.out_dir, "checkpoint.pt")
@@ -406,7 +456,7 @@ def main(args):
         student = model.encoder_from_checkpoint(resume, ckpt_path)
     else:
         student = model.build_student(args.student, teacher, layers=args.layers, dim=args.dim,
-                                      ffn=args.ffn, heads=args.heads)
+                                      ffn=args.ffn, heads=args.heads, specaugment=args.specaugment)
     distiller, pairs = make_distiller(args, args.student, student, teacher)
     distiller.to(device)
     if student.config.frontend == "fbank" and resume is None:
@@ -460,7 +510,8 @@ def main(args):
     batches = batch_stream(loader, sampler, data_state)
     logger = Logger(args.out_dir, args.max_steps, rank)
     distiller.train()
-    last_log = step
+    last_log, interval = step, {}  # interval: loss parts summed since the last log line (add_parts)
+    entropy_shown = rank != 0 or teacher.head is None  # printed once, on this run's first batch
     stop_at = min(args.max_steps, step + args.stop_after) if args.stop_after else args.max_steps
     with GracefulStop() as stopper:
         while step < stop_at:
@@ -471,7 +522,6 @@ def main(args):
             lr = lr_at(step, args.max_steps, args.lr, args.warmup)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            parts_sum = {}
             for micro in range(args.grad_accum):
                 batch, error = next_batch(batches)
                 if any_rank(error, device, world):
@@ -481,18 +531,23 @@ def main(args):
                     finish(1, f"stopped on unreadable audio; the state after step {step} is in {ckpt_path}; "
                               f"fix or remove the file, then {resume_hint()}", rank, world)
                 waves, lengths = batch["waves"].to(device), batch["lengths"].to(device)
+                if not entropy_shown:  # an extra teacher forward, once; it draws no random numbers
+                    ent, top, K = codeword_entropy(teacher, waves, lengths, args.tau)
+                    print(f"teacher codeword distribution (tau {args.tau:g}) on the first batch: mean entropy "
+                          f"{ent:.4f} nats (uniform: log {K} = {math.log(K):.4f}), mean max probability "
+                          f"{100 * top:.1f}% (near log K the discriminative targets say little; a lower --tau "
+                          f"sharpens them)", flush=True)
+                    entropy_shown = True
                 with no_sync_unless(distiller, last=micro == args.grad_accum - 1):
                     loss, parts = distill_loss(args, teacher, distiller, waves, lengths, frontend_only)
                     if not all_finite(loss.detach(), device, world):  # not saved: the weights may be the cause
-                        found = ", ".join(f"{k} {v:.4g}" for k, v in parts.items())
+                        found = ", ".join(f"{k} {v:.4g}" for k, v in parts.items() if not isinstance(v, list))
                         finish(1, f"error: non-finite loss at step {step + 1} ({found}); stopping. Last checkpoint: "
                                   f"{ckpt_path if saved_step is not None else 'none'} (step {saved_step}). A teacher "
                                   f"with broken weights fails at step 1; otherwise try a lower --lr or --precision fp32",
                                rank, world)
                     scaler.scale(loss / args.grad_accum).backward()
-                for k, v in parts.items():
-                    parts_sum[k] = parts_sum.get(k, 0.0) + v / args.grad_accum
-                parts_sum["loss"] = parts_sum.get("loss", 0.0) + loss.item() / args.grad_accum
+                add_parts(interval, {"loss": loss.item(), **parts})
                 logger.add_audio(lengths.sum().item() / data.SAMPLE_RATE * world)
             scaler.unscale_(optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(distiller.parameters(), args.clip)
@@ -502,9 +557,8 @@ def main(args):
             step += 1
             if step % args.log_every == 0 or step == args.max_steps:
                 stage = {"stage": 1.0} if frontend_only else {}
-                logger.log(step, step - last_log, **{"loss": parts_sum.pop("loss"), **parts_sum, **stage,
-                                                     "grad_norm": float(grad_norm), "lr": lr})
-                last_log = step
+                logger.log(step, step - last_log, **mean_parts(interval), **stage, grad_norm=float(grad_norm), lr=lr)
+                last_log, interval = step, {}
             if step % args.save_every == 0 or step == stop_at:
                 save(ckpt_path)
     if step < args.max_steps:  # --stop-after: a checkpoint, no student.pt yet

@@ -10,8 +10,9 @@ at once (no per-utterance loop), with Kaldi's conventions so that it equals
     -> povey window -> |rfft 512|^2 -> 80 triangular mel bins (20 Hz .. 8 kHz) -> log
 
 then normalises with global mean/std statistics of the training data (stored as buffers, so
-they travel in the checkpoint), optionally applies SpecAugment, and subsamples to HuBERT's
-20 ms frame rate:
+they travel in the checkpoint), optionally applies SpecAugment in training (`--specaugment` of
+distill.py and finetune.py, stored in the model config), and subsamples to HuBERT's 20 ms frame
+rate:
 
     fbank (B, T10, 80) -> Conv1d(80 -> 2D, kernel 5, stride 2, padding 2) -> GLU -> D
     -> Linear(D, D) -> dropout 0.1 -> (B, T20, D)
@@ -190,7 +191,9 @@ def spec_augment(x, frames, generator=None):
 class FbankFrontend(nn.Module):
     """Fbank + CMVN (+ SpecAugment) + Conv1d/GLU subsampler + Linear: a drop-in replacement for
     torchaudio's FeatureExtractor *and* the feature projection (the Encoder sets that to
-    Identity). Parameters: 80*2D*5 + 2D + D*D + D (615,840 for D=480)."""
+    Identity). Parameters: 80*2D*5 + 2D + D*D + D (615,840 for D=480). As in the authors'
+    FbankExtractor: the Linear starts xavier-normal with zero bias (the conv: PyTorch's default,
+    as fairseq's Conv1dSubsampler), and SpecAugment, when on, masks only in training mode."""
 
     def __init__(self, dim, n_mels=N_MELS, specaugment=False, dropout=0.1):
         super().__init__()
@@ -198,6 +201,8 @@ class FbankFrontend(nn.Module):
         self.specaugment = specaugment
         self.conv = nn.Conv1d(n_mels, 2 * dim, SUB_KERNEL, stride=SUB_STRIDE, padding=SUB_KERNEL // 2)
         self.proj = nn.Linear(dim, dim)
+        nn.init.xavier_normal_(self.proj.weight)  # the authors' FbankExtractor.linear
+        nn.init.zeros_(self.proj.bias)
         self.dropout = nn.Dropout(dropout)
         # Buffers, not parameters: they go into state_dict (the checkpoint) but never train.
         self.register_buffer("cmvn_mean", torch.zeros(n_mels))

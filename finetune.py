@@ -4,14 +4,15 @@ A distilled student (or any teacher) gets a linear CTC head over the character v
 data.py (fairseq's letter set, `|` between words) and is fine-tuned on transcribed audio with
 fairseq's HuBERT recipe (examples/hubert/config/finetune/base_10h.yaml), scaled by flags: the
 CNN / Fbank front-end always frozen, the encoder frozen for the first --freeze-steps updates,
-tri-stage learning rate, time and channel masking of the transformer input, layerdrop. Dev WER
+tri-stage learning rate (base_10h's 8000 / 0 / 72000 steps, or shares of --max-steps with
+--stages for short runs), time and channel masking of the transformer input, layerdrop. Dev WER
 (jiwer) is measured every --eval-every steps and the best checkpoint kept. Decoding is greedy,
 or a beam search with a KenLM language model through torchaudio's CTC decoder. Like distill.py it
 runs under torchrun (DDP; each rank decodes a share of the dev set), stops cleanly on Ctrl-C and
 resumes exactly with --resume.
 
     python finetune.py --init runs/tiny/student.pt --train corpus/train --valid corpus/dev \\
-        --out-dir runs/tiny-ctc --max-steps 200 --freeze-steps 50 --lr 5e-4
+        --out-dir runs/tiny-ctc --max-steps 200 --freeze-steps 50 --lr 5e-4 --stages 0.1,0.4,0.5
     python finetune.py --eval runs/tiny-ctc/best.pt --data corpus/test      # prints WER x.xx
     python finetune.py --transcribe runs/tiny-ctc/best.pt a.flac b.wav     # FILE<TAB>TRANSCRIPT
     python finetune.py --export-hf runs/tiny-ctc/best.pt hf-tiny           # transformers folder
@@ -73,11 +74,22 @@ def parse_args(argv=None):
     g.add_argument("--mask-length", type=int, default=10, help="masked span, frames of 20 ms")
     g.add_argument("--mask-channel-prob", type=float, default=0.5, help="share of channels starting a zeroed span")
     g.add_argument("--mask-channel-length", type=int, default=64, help="zeroed channel span, channels")
+    g.add_argument("--specaugment", action=argparse.BooleanOptionalAction, default=None,
+                   help="Fbank students only: SpecAugment on the fbank features in training (the authors' "
+                        "2 frequency masks <= 30 bins, 2 time masks <= 40 frames of 10 ms), on top of the "
+                        "masking above; None = as the --init student was distilled (its config says)")
     g = p.add_argument_group("optim (fairseq base_10h values)")
-    g.add_argument("--max-steps", type=int, default=25_000, help="optimizer steps")
+    g.add_argument("--max-steps", type=int, default=25_000, help="optimizer steps (base_10h: max_update)")
     g.add_argument("--lr", type=float, default=2e-5, help="peak learning rate")
-    g.add_argument("--stages", default="0.1,0.4,0.5",
-                   help="tri-stage warm-up,hold,decay shares of --max-steps (fairseq's phase_ratio)")
+    g.add_argument("--warmup-steps", type=int, default=8000,
+                   help="tri-stage LR: steps of linear warm-up from 0.01 x --lr to --lr")
+    g.add_argument("--hold-steps", type=int, default=0, help="tri-stage LR: steps held at --lr after the warm-up")
+    g.add_argument("--decay-steps", type=int, default=72_000,
+                   help="tri-stage LR: steps of exponential decay to 0.05 x --lr, constant after (base_10h's "
+                        "stages outlast its 25k steps: its LR ends at 0.49 x --lr)")
+    g.add_argument("--stages", metavar="W,H,D",
+                   help="instead of the three step counts: warm-up,hold,decay shares of --max-steps adding up "
+                        "to 1 (fairseq's phase_ratio), e.g. 0.1,0.4,0.5 for short runs")
     g.add_argument("--freeze-steps", type=int, default=10_000,
                    help="first steps in which only the CTC head trains (the front-end never trains)")
     g.add_argument("--betas", type=float, nargs=2, default=(0.9, 0.98), help="Adam betas")
@@ -111,12 +123,17 @@ def parse_args(argv=None):
         p.error("--eval needs --data")
     if args.transcribe and len(args.transcribe) < 2:
         p.error("--transcribe needs a checkpoint and at least one audio file")
-    try:
-        args.stages = [float(x) for x in args.stages.split(",")]
-    except ValueError:
-        args.stages = []
-    if len(args.stages) != 3 or abs(sum(args.stages) - 1) > 1e-6 or min(args.stages) < 0:
-        p.error("--stages takes three non-negative shares that add up to 1, e.g. 0.1,0.4,0.5")
+    if args.stages is not None:
+        try:
+            shares = [float(x) for x in args.stages.split(",")]
+        except ValueError:
+            shares = []
+        if len(shares) != 3 or abs(sum(shares) - 1) > 1e-6 or min(shares) < 0:
+            p.error("--stages takes three non-negative shares that add up to 1, e.g. 0.1,0.4,0.5")
+        # as fairseq's phase_ratio: the step counts replace --warmup/--hold/--decay-steps (args.json shows them)
+        args.warmup_steps, args.hold_steps, args.decay_steps = (int(s * args.max_steps) for s in shares)
+    if min(args.warmup_steps, args.hold_steps, args.decay_steps) < 0:
+        p.error("--warmup-steps, --hold-steps and --decay-steps must not be negative")
     return args
 
 
@@ -124,15 +141,17 @@ def parse_args(argv=None):
 # Learning rate and training subsets
 
 
-def tri_stage_lr(step, max_steps, peak, stages=(0.1, 0.4, 0.5), init_scale=0.01, final_scale=0.05):
-    """fairseq's tri_stage schedule: linear warm-up from init_scale * peak to peak, hold, then
-    exponential decay to final_scale * peak, constant after (init 0.01 and final 0.05 as in the
-    fairseq fine-tuning configs). stages: shares of max_steps (fairseq's phase_ratio).
+def tri_stage_lr(step, peak, warmup, hold, decay, init_scale=0.01, final_scale=0.05):
+    """fairseq's tri_stage schedule (TriStageLRSchedule): linear warm-up over `warmup` steps from
+    init_scale * peak to peak, `hold` steps at peak, then exponential decay over `decay` steps to
+    final_scale * peak, constant after. The stages are step counts; finetune.py's defaults are
+    fairseq's examples/hubert/config/finetune/base_10h.yaml (8000 / 0 / 72000 steps, final_lr_scale
+    0.05; init_lr_scale 0.01 is tri_stage's default), and --stages turns shares of --max-steps
+    into step counts as fairseq's phase_ratio does.
 
-    >>> [round(tri_stage_lr(s, 100, 1.0), 4) for s in (0, 10, 50, 75, 100)]
+    >>> [round(tri_stage_lr(s, 1.0, 10, 40, 50), 4) for s in (0, 10, 50, 75, 100)]
     [0.01, 1.0, 1.0, 0.2236, 0.05]
     """
-    warmup, hold, decay = (int(share * max_steps) for share in stages)
     if step < warmup:
         return peak * (init_scale + (1 - init_scale) * step / warmup)
     if step < warmup + hold:
@@ -176,9 +195,15 @@ def encoder_for_init(src):
 
 def with_regularisation(encoder, args):
     """The same weights in an encoder rebuilt with the fine-tuning dropouts and layerdrop
-    (fairseq's hubert_ctc overrides the pre-training values the same way)."""
+    (fairseq's hubert_ctc overrides the pre-training values the same way), and --specaugment
+    when given (an Fbank front-end only)."""
+    specaugment = encoder.config.specaugment if args.specaugment is None else args.specaugment
+    if specaugment and encoder.config.frontend != "fbank":
+        raise ValueError(f"--specaugment needs an Fbank student (distilled from a *-fbank preset); "
+                         f"{args.init} has HuBERT's waveform CNN")
     config = replace(encoder.config, dropout=args.dropout, attention_dropout=args.attention_dropout,
-                     activation_dropout=args.activation_dropout, layerdrop=args.layerdrop)
+                     activation_dropout=args.activation_dropout, layerdrop=args.layerdrop,
+                     specaugment=specaugment)
     rebuilt = model.Encoder(config)
     rebuilt.load_state_dict(encoder.state_dict())
     return rebuilt
@@ -216,8 +241,14 @@ def load_ctc(path):
 
 
 def greedy_decode(log_probs, frame_lengths):
-    """Best path: argmax per frame, merge repeats, drop blanks. [B, T, V] -> list of strings."""
-    best = log_probs.argmax(-1).cpu()
+    """Best path: argmax per frame, merge repeats, drop blanks. [B, T, V] -> list of strings.
+    The argmax runs over the blank and the characters only: <s>, </s> and <unk> are in the
+    vocabulary (fairseq's letter dictionary) but in no transcript, so their outputs never train
+    and an under-trained model may still rank them first; the export makes transformers' argmax
+    leave them out the same way (checkpoints.NEVER_EMITTED)."""
+    never = torch.zeros(log_probs.shape[-1], dtype=torch.bool, device=log_probs.device)
+    never[checkpoints.NEVER_EMITTED] = True
+    best = log_probs.masked_fill(never, -math.inf).argmax(-1).cpu()
     texts = []
     for ids, n in zip(best, frame_lengths.tolist()):
         ids = torch.unique_consecutive(ids[:n])
@@ -387,6 +418,11 @@ def train(args):
         if args.freeze_steps >= args.max_steps:
             print(f"note: --freeze-steps {args.freeze_steps} >= --max-steps {args.max_steps}: only the CTC "
                   f"head will train", flush=True)
+        if args.warmup_steps >= args.max_steps:
+            top = tri_stage_lr(args.max_steps - 1, args.lr, args.warmup_steps, 0, 0)
+            print(f"note: --warmup-steps {args.warmup_steps} >= --max-steps {args.max_steps}: the learning rate "
+                  f"never reaches --lr (at most {top:.3g}); for short runs give --stages, e.g. 0.1,0.4,0.5",
+                  flush=True)
     saved_step = step if resume else None
 
     def save(path, full=True):  # called by every rank: full checkpoints gather the RNG states
@@ -421,7 +457,7 @@ def train(args):
             ctc.train()
             frozen = step < args.freeze_steps
             set_trainable(ctc, train_encoder=not frozen)
-            lr = tri_stage_lr(step, args.max_steps, args.lr, args.stages)
+            lr = tri_stage_lr(step, args.lr, args.warmup_steps, args.hold_steps, args.decay_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             loss_sum = 0.0

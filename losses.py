@@ -3,16 +3,20 @@ losses, plus the student-side heads that exist only to feed them.
 
 Follows arXiv 2210.15631, Sec. 3.1-3.3, and DistilHuBERT (arXiv 2110.01900, Eq. 1):
 
-    L_reg  = sum over predicted layers of
+    L_reg  = mean over the N predicted layers of
              w_l1 * mean|pred - target| + w_cos * mean(-log sigmoid(cos(pred, target)))
     L_disc = mean over frames of KL(p_T || p_S),   p = softmax(logits) over the K codewords,
              p_T = softmax(cos(final_proj(h_T), e_k) / tau)   (teacher: model.PredictionHead)
+    L_hard = mean over frames of CE(cos(proj(h_S), e_k) / tau, argmax_k p_T)   (authors' type3)
     L_fe   = mean|Linear(frontend(x)) - teacher hidden_states[0]|   (Fbank stage 1)
 
-Every mean runs over real frames only: padding_mask [B, T] is True on padding, and padded
-frames are dropped by boolean selection (never multiplied by 0, so NaN/inf garbage in padding
-cannot leak in). The cosine term is not shifted: equal inputs give -log sigmoid(1) = 0.3133
-per layer, as in the paper's formula and the authors' code.
+DistilHuBERT's paper writes L_reg as a sum over layers; its code and the authors' code take one
+`.mean()` over (B x N x T), i.e. average over layers, which keeps the regression's scale (and so
+the meaning of --disc-weight) the same for 3 S&W heads and 12 D&T layers. Every mean runs over
+real frames only: padding_mask [B, T] is True on padding, and padded frames are dropped by
+boolean selection (never multiplied by 0, so NaN/inf garbage in padding cannot leak in). The
+cosine term is not shifted: equal inputs give -log sigmoid(1) = 0.3133, as in the paper's
+formula and the authors' code.
 
     loss, parts = regression_loss(pred, target, padding_mask)   # see distill.py
 """
@@ -24,6 +28,7 @@ from torch import nn
 
 COS_FLOOR = math.log1p(math.exp(-1.0))  # -log sigmoid(1) = 0.3133: the cosine term's minimum (cos = 1)
 HEAD_TYPES = ("cos", "linear", "hard")  # student discriminative heads, see DistillHeads
+HEAD_STYLES = ("last", "layerwise")  # regression heads, model.Preset.style, see DistillHeads
 
 # ----------------------------------------------------------------------------------------------
 # Masked selection
@@ -50,11 +55,11 @@ def regression_loss(pred, target, padding_mask, l1_weight=1.0, cos_weight=1.0):
     pred, target: [B, T, C] (one layer) or [N, B, T, C] (N predicted layers); padding_mask
     [B, T] True on padding (None: all frames real). Per layer, l1 = mean over real frames and
     channels of |pred - target|, cos = mean over real frames of -log sigmoid(cos_sim); the
-    layers are SUMMED, as DistilHuBERT sums over its prediction heads (so 12 FitHuBERT layers
-    weigh 12x one layer: tune the weights, not the reduction).
+    layers are AVERAGED, as the authors' `.mean()` over (B x N x T) does, so 12 FitHuBERT
+    layers weigh as much as 3 DistilHuBERT heads against the discriminative term.
 
     Returns (total, parts): total a scalar tensor with grad; parts holds detached tensors
-    "l1", "cos" (sums over layers) and "l1_layers", "cos_layers" [N].
+    "l1", "cos" (means over layers) and "l1_layers", "cos_layers" [N].
     """
     if pred.shape != target.shape:
         raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ")
@@ -66,11 +71,11 @@ def regression_loss(pred, target, padding_mask, l1_weight=1.0, cos_weight=1.0):
     if p.shape[1] == 0:  # no real frame at all: nothing to learn, but keep the graph
         zero = p.sum() * 0.0  # 0 with a graph; pred.sum() could be NaN from padding
         z = torch.zeros(pred.shape[0], device=pred.device)
-        return zero, {"l1": z.sum(), "cos": z.sum(), "l1_layers": z, "cos_layers": z}
+        return zero, {"l1": z.mean(), "cos": z.mean(), "l1_layers": z, "cos_layers": z}
     l1 = (p - t).abs().mean(dim=(1, 2))                          # (N,)
     cos = -F.logsigmoid(F.cosine_similarity(p, t, dim=-1)).mean(dim=1)  # (N,)
-    total = (l1_weight * l1 + cos_weight * cos).sum()
-    parts = {"l1": l1.sum().detach(), "cos": cos.sum().detach(),
+    total = (l1_weight * l1 + cos_weight * cos).mean()
+    parts = {"l1": l1.mean().detach(), "cos": cos.mean().detach(),
              "l1_layers": l1.detach(), "cos_layers": cos.detach()}
     return total, parts
 
@@ -86,6 +91,15 @@ def frontend_loss(pred, target, padding_mask):
 
 # ----------------------------------------------------------------------------------------------
 # Discriminative: match the teacher's distribution over HuBERT's codewords
+
+
+def cosine_logits(x, codewords, tau):
+    """HuBERT's codeword logits cos(x, e_k) / tau: x [..., F], codewords [K, F] -> [..., K].
+
+    The one formula behind the teacher's head (model.PredictionHead.logits) and the student's
+    "cos" and "hard" heads; eps 1e-8 as in torch.cosine_similarity, which the authors call."""
+    x = F.normalize(x, dim=-1, eps=1e-8)
+    return x @ F.normalize(codewords, dim=-1, eps=1e-8).t() / tau
 
 
 def discriminative_loss(student_logits, teacher_logits, padding_mask):
@@ -105,7 +119,11 @@ def discriminative_loss(student_logits, teacher_logits, padding_mask):
 
 
 def hard_unit_loss(student_logits, teacher_logits, padding_mask):
-    """Cross-entropy to the teacher's most likely unit (argmax over K) on real frames."""
+    """Cross-entropy to the teacher's most likely unit (argmax over K) on real frames.
+
+    With the "hard" head's cosine logits this is the authors' type3: their CE over [positive,
+    every codeword with the positive's copy set to -inf] with target 0 has the same value.
+    """
     s = _real(student_logits, padding_mask).float()             # (R, K)
     units = _real(teacher_logits.detach(), padding_mask).argmax(-1)
     if s.shape[0] == 0:
@@ -121,33 +139,46 @@ class DistillHeads(nn.Module):
     """Prediction heads that exist only for distillation (dropped before fine-tuning).
 
     pairs: [(student_layer, teacher_layer)] indexing hidden_states (0 = transformer input,
-    k = output of layer k); one Linear(student_dim -> teacher_dim) per pair. DistilHuBERT:
-    [(2, 4), (2, 8), (2, 12)]; FitHuBERT: [(i, i) for i in 1..12].
+    k = output of layer k). DistilHuBERT: [(2, 4), (2, 8), (2, 12)]; FitHuBERT: [(i, i) for i
+    in 1..12]. style (model.Preset.style) picks the regression heads, as s3prl's distiller
+    `out_layer_type` does:
+      "last":      DistilHuBERT's "expand-last": all pairs read one (the last) student layer;
+                   Linear(D -> N*D), GELU, then one Linear(D -> teacher_dim) per target layer
+                   (s3prl's SplitLinear: chunk k of the N*D vector predicts pairs[k]; same
+                   U(+-1/sqrt(D)) init as nn.Linear);
+      "layerwise": FitHuBERT's: one Linear(D -> teacher_dim) per pair, on its student layer
+                   (the default, so a heads_config saved before `style` existed rebuilds as saved).
 
     disc_head, applied to the student's last hidden state:
-      "cos":    Linear(D -> F), cosine to the teacher's FROZEN codewords [K, F] (a buffer) / tau,
-                the same form as HuBERT's own head (model.PredictionHead.logits);
-      "linear": Linear(D -> K) / tau. Dividing by tau keeps one rule for both soft heads; at the
-                authors' default tau = 1 it changes nothing, and for a free linear layer tau
-                only rescales its effective learning rate;
-      "hard":   Linear(D -> K), trained with cross-entropy to the teacher's argmax unit, so no
-                temperature (it would only rescale the logits);
+      "cos":    Linear(D -> F), cosine to the teacher's FROZEN codewords [K, F] (a buffer) / tau:
+                cosine_logits, the function of HuBERT's own head (model.PredictionHead.logits);
+      "hard":   the same cosine logits, trained with cross-entropy to the teacher's argmax unit
+                (hard_unit_loss): the authors' type3;
+      "linear": Linear(D -> K) / tau (the authors' type2). Dividing by tau keeps one rule for
+                all heads; for a free linear layer tau only rescales its effective learning rate;
       None:     regression only.
-    codewords: the teacher's codeword embeddings [K, F] (needed for "cos"; for the others only
-    K is taken). To rebuild from `config()` without the teacher, pass num_codewords and
-    codeword_dim instead and load the state_dict (it holds the codewords of a "cos" head).
+    codewords: the teacher's codeword embeddings [K, F] (needed for "cos" and "hard"; for
+    "linear" only K is taken). To rebuild from `config()` without the teacher, pass
+    num_codewords and codeword_dim instead and load the state_dict (it holds the codewords).
     """
 
     def __init__(self, student_dim, teacher_dim, pairs, disc_head=None, codewords=None, tau=1.0,
-                 num_codewords=None, codeword_dim=None):
+                 num_codewords=None, codeword_dim=None, style="layerwise"):
         super().__init__()
         if disc_head is not None and disc_head not in HEAD_TYPES:
             raise ValueError(f"unknown discriminative head {disc_head!r}; choose one of {HEAD_TYPES} or None")
+        if style not in HEAD_STYLES:
+            raise ValueError(f"unknown head style {style!r}; choose one of {HEAD_STYLES}")
         if tau <= 0:
             raise ValueError(f"tau must be positive, got {tau}")
-        self.student_dim, self.teacher_dim = student_dim, teacher_dim
+        self.student_dim, self.teacher_dim, self.style = student_dim, teacher_dim, style
         self.pairs = [(int(s), int(t)) for s, t in pairs]
         self.disc_head, self.tau = disc_head, float(tau)
+        self.expand = None
+        if style == "last" and self.pairs:
+            if len({s for s, _ in self.pairs}) > 1:
+                raise ValueError(f"style 'last' predicts every target from one student layer; got pairs {self.pairs}")
+            self.expand = nn.Linear(student_dim, len(self.pairs) * student_dim)
         self.proj = nn.ModuleList(nn.Linear(student_dim, teacher_dim) for _ in self.pairs)
         if codewords is not None:
             num_codewords, codeword_dim = codewords.shape
@@ -155,41 +186,43 @@ class DistillHeads(nn.Module):
         self.disc = None
         if disc_head is not None and num_codewords is None:
             raise ValueError(f"disc_head {disc_head!r} needs the teacher's codewords (its head)")
-        if disc_head == "cos":
+        if disc_head in ("cos", "hard"):
             if codeword_dim is None:
-                raise ValueError("disc_head 'cos' needs codewords [K, F] or codeword_dim")
+                raise ValueError(f"disc_head {disc_head!r} needs codewords [K, F] or codeword_dim")
             self.disc = nn.Linear(student_dim, codeword_dim)
             cw = codewords.detach().clone().float() if codewords is not None \
                 else torch.zeros(num_codewords, codeword_dim)
             self.register_buffer("codewords", cw)  # frozen: a buffer, saved, never trained
-        elif disc_head in ("linear", "hard"):
+        elif disc_head == "linear":
             self.disc = nn.Linear(student_dim, num_codewords)
 
     def config(self):
         """Plain dict: DistillHeads(**config) + load_state_dict rebuilds this module."""
         return {"student_dim": self.student_dim, "teacher_dim": self.teacher_dim,
                 "pairs": [list(p) for p in self.pairs], "disc_head": self.disc_head, "tau": self.tau,
-                "num_codewords": self.num_codewords, "codeword_dim": self.codeword_dim}
+                "num_codewords": self.num_codewords, "codeword_dim": self.codeword_dim, "style": self.style}
 
     @property
     def teacher_layers(self):
         """Teacher hidden_states indices that the regression targets, in pred-stack order."""
         return [t for _, t in self.pairs]
 
+    def regress(self, student_hidden):
+        """student_hidden: list of [B, T, D] -> pred [N, B, T, teacher_dim]."""
+        if self.expand is not None:  # "last": expand, GELU, split into N chunks of D
+            x = F.gelu(self.expand(student_hidden[self.pairs[0][0]]))  # (B, T, N*D)
+            x = x.unflatten(-1, (len(self.pairs), self.student_dim))  # (B, T, N, D)
+            return torch.stack([proj(x[..., k, :]) for k, proj in enumerate(self.proj)])
+        return torch.stack([proj(student_hidden[s]) for proj, (s, _) in zip(self.proj, self.pairs)])
+
     def disc_logits(self, h):
         """Student codeword logits from its last hidden state: [B, T, D] -> [B, T, K]."""
-        if self.disc_head == "cos":
-            proj = F.normalize(self.disc(h), dim=-1, eps=1e-8)
-            return proj @ F.normalize(self.codewords, dim=-1, eps=1e-8).t() / self.tau
         if self.disc_head == "linear":
             return self.disc(h) / self.tau
-        return self.disc(h)  # "hard"
+        return cosine_logits(self.disc(h), self.codewords, self.tau)  # "cos" and "hard"
 
     def forward(self, student_hidden):
-        """student_hidden: list of [B, T, D] -> (pred [N, B, T, teacher_dim], disc_logits [B, T, K] or None)."""
-        if self.pairs:
-            pred = torch.stack([proj(student_hidden[s]) for proj, (s, _) in zip(self.proj, self.pairs)])
-        else:
-            pred = None
+        """student_hidden: list of [B, T, D] -> (pred [N, B, T, teacher_dim] or None, disc_logits [B, T, K] or None)."""
+        pred = self.regress(student_hidden) if self.pairs else None
         logits = self.disc_logits(student_hidden[-1]) if self.disc is not None else None
         return pred, logits

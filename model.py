@@ -21,9 +21,10 @@ import re
 from dataclasses import asdict, dataclass, field, fields
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torchaudio.models import wav2vec2_model
+
+from losses import cosine_logits
 
 # ----------------------------------------------------------------------------------------------
 # Configuration
@@ -55,6 +56,7 @@ class EncoderConfig:
     activation_dropout: float = 0.0      # dropout inside the FFN
     layerdrop: float = 0.0               # probability of skipping a layer in training
     n_mels: int = 80                     # fbank front-end only: mel bins
+    specaugment: bool = False            # fbank front-end only: SpecAugment in training (2 x F=30, 2 x T=40)
 
     @classmethod
     def from_dict(cls, d):
@@ -114,7 +116,7 @@ class Encoder(nn.Module):
             # The Fbank front-end ends in its own Linear(D, D), so it replaces both the CNN and
             # the CNN's feature projection: that is how the paper's 19.11M count comes out.
             from fbank_frontend import FbankFrontend
-            self.feature_extractor = FbankFrontend(c.dim, n_mels=c.n_mels)
+            self.feature_extractor = FbankFrontend(c.dim, n_mels=c.n_mels, specaugment=c.specaugment)
             self.encoder.feature_projection = nn.Identity()
         elif c.frontend != "cnn":
             raise ValueError(f"unknown front-end {c.frontend!r}; choose 'cnn' or 'fbank'")
@@ -170,7 +172,8 @@ def count_parameters(module):
 
 class PredictionHead(nn.Module):
     """HuBERT's head: final_proj (D -> F) and the codeword embeddings (K x F; fairseq
-    `label_embs_concat`, 504 x 256 for hubert_base_ls960). logits = cos(final_proj(h), e_k) / tau."""
+    `label_embs_concat`, 504 x 256 for hubert_base_ls960). logits = cos(final_proj(h), e_k) / tau,
+    the function the students' "cos" and "hard" heads share (losses.cosine_logits)."""
 
     def __init__(self, dim, final_dim, num_codewords):
         super().__init__()
@@ -179,8 +182,7 @@ class PredictionHead(nn.Module):
 
     def logits(self, h, tau=0.1):
         """h [B, T, D] -> cosine logits [B, T, K] / tau (HuBERT's own tau is 0.1)."""
-        proj = F.normalize(self.final_proj(h), dim=-1, eps=1e-8)
-        return proj @ F.normalize(self.codewords, dim=-1, eps=1e-8).t() / tau
+        return cosine_logits(self.final_proj(h), self.codewords, tau)
 
 
 class Teacher(nn.Module):
@@ -319,6 +321,11 @@ class Preset:
     note: str = ""
 
 
+# Dropout inside the students' FFN: the authors' distiller default (s3prl fork, upstream/distiller/
+# model.py: `config.get("activation_dropout", 0.1)`, not overridden by any of their YAMLs) and
+# DistilHuBERT's. Teachers keep their checkpoint's value; EncoderConfig's default 0.0 stays.
+STUDENT_ACTIVATION_DROPOUT = 0.1
+
 PRESETS = {
     "distilhubert": Preset(dict(dim=768, layers=2, ffn=3072, heads=12), "last", "layers",
                            "S&W, DistilHuBERT"),
@@ -374,12 +381,13 @@ def build_student(preset, teacher=None, **overrides) -> Encoder:
 
     With a teacher, the student takes the teacher's CNN shape (it is copied) and waveform
     normalisation, and S&W presets the teacher's width (their layers are copied);
-    `overrides` (e.g. layers=4, dim=256) win over all of these.
+    `overrides` (e.g. layers=4, dim=256) win over all of these. FFN dropout is
+    STUDENT_ACTIVATION_DROPOUT unless overridden.
     """
     if preset not in PRESETS:
         raise ValueError(f"unknown student preset {preset!r}; choose from {', '.join(PRESETS)}")
     p = PRESETS[preset]
-    cfg = dict(p.config)
+    cfg = dict(activation_dropout=STUDENT_ACTIVATION_DROPOUT, **p.config)
     if teacher is not None:
         t = teacher.config
         cfg.update(extractor_mode=t.extractor_mode, conv_layers=list(t.conv_layers),

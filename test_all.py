@@ -36,6 +36,7 @@ import demo
 import distill
 import fbank_frontend as fbf
 import finetune
+import losses
 import model
 import pretrain
 from data import (BLANK, BucketBatchSampler, MIN_UTTERANCES, SAMPLE_RATE, SPLIT_SHARES, VOCAB,
@@ -324,11 +325,30 @@ def test_distilhubert_student_starts_as_the_teachers_first_layers():
 
 def test_fithubert_copies_only_the_cnn_and_mismatched_init_is_a_clear_error():
     teacher = _teacher()
-    student = build_student("fithubert", teacher, layers=2, dim=16, ffn=16, heads=2)
-    for a, b in zip(student.feature_extractor.parameters(), teacher.encoder.feature_extractor.parameters()):
-        assert torch.equal(a, b)
+    with torch.no_grad():
+        for p in teacher.parameters():
+            p.add_(0.01)  # not a fresh initialisation anywhere (fresh layer norms would match)
+    # the teacher's own shape, so that a copied projection or layer would be visible
+    student = build_student("fithubert", teacher, layers=2, dim=32, ffn=64, heads=2, pos_conv_kernel=8,
+                            pos_conv_groups=4)
+    t_state = teacher.encoder.state_dict()
+    for k, v in student.state_dict().items():
+        assert v.shape == t_state[k].shape, k
+        assert torch.equal(v, t_state[k]) == k.startswith("feature_extractor."), k  # CNN only
+    assert any(k.startswith("encoder.feature_projection.") for k in t_state)
     with pytest.raises(ValueError, match="cannot initialise a 2x48"):
         build_student("distilhubert", teacher, dim=48, ffn=64, heads=2)
+
+
+def test_students_have_the_authors_ffn_dropout_and_teachers_keep_their_own():
+    """activation_dropout 0.1 (s3prl distiller default, DistilHuBERT); a teacher's stays as loaded."""
+    teacher = _teacher()
+    for preset in ("distilhubert", "fithubert", "tiny"):
+        student = build_student(preset, teacher, layers=2)
+        ffn_dropouts = {layer.feed_forward.intermediate_dropout.p for layer in student.encoder.transformer.layers}
+        assert student.config.activation_dropout == 0.1 and ffn_dropouts == {0.1}, preset
+    assert teacher.config.activation_dropout == 0.0 == EncoderConfig().activation_dropout
+    assert build_student("tiny", activation_dropout=0.0).config.activation_dropout == 0.0
 
 
 def test_teacher_stays_frozen_in_eval_mode():
@@ -362,13 +382,59 @@ def _distill(args, corpus, teacher, out):
 
 
 @pytest.mark.parametrize("head", ["cos", "linear", "hard"])
-def test_two_step_distill_with_each_discriminative_head(head, core_corpus, core_teacher, tmp_path):
-    _distill(["--student", "tiny", "--max-steps", "2", "--disc-weight", "0.5", "--disc-head", head],
-             core_corpus, core_teacher, tmp_path)
+def test_two_step_distill_with_each_discriminative_head(head, core_corpus, core_teacher, tmp_path, monkeypatch):
+    """Each logged disc is the head's loss (KL, or for "hard" CE to the teacher's argmax) of its
+    logits: HuBERT's cosine logits / tau for "cos" and "hard" (model.PredictionHead with the
+    head's weights), Linear / tau for "linear"; and the heads train."""
+    tau, calls = 0.1, []
+    head_logits = losses.DistillHeads.disc_logits
+    loss_name = "hard_unit_loss" if head == "hard" else "discriminative_loss"
+    loss_fn = getattr(losses, loss_name)
+
+    def spy_logits(self, h):  # records the weights before this step's update
+        out = head_logits(self, h)
+        calls.append({"state": {k: v.detach().clone() for k, v in self.state_dict().items()},
+                      "h": h.detach().clone(), "head_out": out.detach().clone()})
+        return out
+
+    def spy_loss(s, t, mask):
+        value = loss_fn(s, t, mask)
+        calls[-1].update(s=s.detach().clone(), t=t.detach().clone(), real=~mask, value=value.item())
+        return value
+
+    monkeypatch.setattr(losses.DistillHeads, "disc_logits", spy_logits)
+    monkeypatch.setattr(losses, loss_name, spy_loss)
+    _distill(["--student", "tiny", "--max-steps", "2", "--disc-weight", "0.5", "--disc-head", head,
+              "--tau", str(tau)], core_corpus, core_teacher, tmp_path)
     log = [json.loads(line) for line in open(tmp_path / "log.jsonl")]
-    assert [r["step"] for r in log] == [1, 2] and all(r["disc"] > 0 for r in log)
+    assert [r["step"] for r in log] == [1, 2] and len(calls) == 2
+    assert [r["disc"] for r in log] == pytest.approx([c["value"] for c in calls], rel=1e-6)
+    for c in calls:
+        s, t, real = c["s"], c["t"], c["real"]
+        assert torch.equal(s, c["head_out"][:, :s.shape[1]])
+        assert t.abs().max() <= 1 / tau + 1e-4 and t.abs().max() > 1  # teacher: cosines / tau
+        if head == "hard":
+            ref = F.cross_entropy(s[real], t[real].argmax(-1))
+        else:
+            ref = F.kl_div(F.log_softmax(s[real], -1), F.log_softmax(t[real], -1), log_target=True,
+                           reduction="batchmean")
+        assert c["value"] == pytest.approx(ref.item(), rel=1e-5)
+        w, b = c["state"]["disc.weight"], c["state"]["disc.bias"]
+        if head == "linear":
+            expected = F.linear(c["h"], w, b) / tau
+        else:  # Linear(D -> F) then the teacher's own head formula with its frozen codewords
+            ph = model.PredictionHead(w.shape[1], w.shape[0], len(c["state"]["codewords"]))
+            ph.load_state_dict({"final_proj.weight": w, "final_proj.bias": b, "codewords": c["state"]["codewords"]})
+            expected = ph.logits(c["h"], tau)
+        torch.testing.assert_close(c["head_out"], expected)
     ckpt = model.load_checkpoint(tmp_path / "student.pt")
     assert ckpt["kind"] == "student" and ckpt["heads_config"]["disc_head"] == head
+    assert ckpt["heads_config"]["style"] == "last"  # tiny is an S&W preset: expand-last heads
+    before = calls[0]["state"]
+    for k in ("disc.weight", "expand.weight", "proj.0.weight"):
+        assert not torch.equal(ckpt["heads"][k], before[k]), k  # trained
+    if head != "linear":
+        assert torch.equal(ckpt["heads"]["codewords"], before["codewords"])  # frozen
     assert json.load(open(tmp_path / "args.json"))["disc_head"] == head
 
 
@@ -379,14 +445,105 @@ def test_distillation_loss_falls(core_corpus, core_teacher, tmp_path):
     assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
 
 
-def test_fbank_student_trains_front_end_alone_for_frontend_steps(core_corpus, core_teacher, tmp_path):
-    _distill(["--student", "fithubert-fbank", "--layers", "2", "--dim", "32", "--ffn", "32", "--heads", "2",
-              "--max-steps", "4", "--frontend-steps", "2"], core_corpus, core_teacher, tmp_path)
+def test_logged_distillation_losses_are_interval_means_with_per_layer_values(core_corpus, core_teacher, tmp_path):
+    flags = ["--student", "tiny", "--max-steps", "4", "--lr", "2e-3", "--target-layers", "1,2"]
+    _distill(flags, core_corpus, core_teacher, tmp_path / "every")
+    _distill(flags + ["--log-every", "2"], core_corpus, core_teacher, tmp_path / "pairs")
+    every = [json.loads(line) for line in open(tmp_path / "every" / "log.jsonl")]
+    pairs = [json.loads(line) for line in open(tmp_path / "pairs" / "log.jsonl")]
+    assert [r["step"] for r in pairs] == [2, 4]
+    for k, r in enumerate(pairs):
+        for key in ("loss", "l1", "cos"):
+            assert r[key] == pytest.approx((every[2 * k][key] + every[2 * k + 1][key]) / 2, rel=1e-5)
+        assert len(r["l1_layers"]) == len(r["cos_layers"]) == 2  # one value per predicted layer
+        assert r["l1"] == pytest.approx(sum(r["l1_layers"]) / 2, rel=1e-5)  # the regression averages layers
+
+
+FBANK_STUDENT = ["--student", "fithubert-fbank", "--layers", "2", "--dim", "32", "--ffn", "32", "--heads", "2"]
+
+
+def test_fbank_student_trains_front_end_alone_for_frontend_steps(core_corpus, core_teacher, tmp_path, monkeypatch):
+    """Stage 1 (2 steps) changes the front-end and its projection to teacher layer 0 only; stage 2
+    (2 steps, after --stop-after 2 and --resume) trains the transformer and heads, not that projection."""
+    built, make_distiller = [], distill.make_distiller
+
+    def spy(*args):  # the distiller as built, before any step
+        distiller, pairs = make_distiller(*args)
+        built.append({k: v.detach().clone() for k, v in distiller.named_parameters()})
+        return distiller, pairs
+
+    monkeypatch.setattr(distill, "make_distiller", spy)
+    run = FBANK_STUDENT + ["--max-steps", "4", "--frontend-steps", "2", "--disc-weight", "0.5"]
+    _distill(run + ["--stop-after", "2"], core_corpus, core_teacher, tmp_path)
+    initial = built[0]
+    after1 = model.load_checkpoint(tmp_path / "checkpoint.pt")["distiller"]
+    _distill(run + ["--resume"], core_corpus, core_teacher, tmp_path)
+    after2 = model.load_checkpoint(tmp_path / "checkpoint.pt")["distiller"]
+    stage1 = ("student.feature_extractor.", "frontend_proj.")
+    assert {"frontend_proj.weight", "student.feature_extractor.proj.weight", "heads.disc.weight",
+            "student.encoder.transformer.layers.1.feed_forward.output_dense.weight"} <= set(initial)
+    for k, v in initial.items():
+        if k.startswith(stage1):
+            assert not torch.equal(after1[k], v), k                               # trained in stage 1
+            assert torch.equal(after2[k], after1[k]) == k.startswith("frontend_proj."), k  # the front-end goes on
+        else:  # the transformer and every head
+            assert torch.equal(after1[k], v), k                                   # untouched in stage 1
+            assert not torch.equal(after2[k], after1[k]), k                        # trained in stage 2
     log = [json.loads(line) for line in open(tmp_path / "log.jsonl")]
     assert ["frontend_l1" in r for r in log] == [True, True, False, False]
     assert ["l1" in r for r in log] == [False, False, True, True]
     cmvn = model.load_checkpoint(tmp_path / "student.pt")["encoder"]["feature_extractor.cmvn_std"]
     assert not torch.allclose(cmvn, torch.ones_like(cmvn))  # statistics of the training audio
+
+
+def test_run_prints_the_entropy_of_the_teachers_codeword_distribution_on_its_first_batch(
+        core_corpus, core_teacher, tmp_path, monkeypatch, capsys):
+    """Once per run: the mean entropy of p_T = softmax(teacher.head.logits(h_last, tau)) over the
+    real frames of the first batch, beside log K; at the default tau 0.1 it is well below log K."""
+    batches = []
+    stream = distill.batch_stream
+    monkeypatch.setattr(distill, "batch_stream", lambda *a: (batches.append(b) or b for b in stream(*a)))
+    _distill(["--student", "tiny", "--max-steps", "2", "--disc-weight", "0.5"], core_corpus, core_teacher, tmp_path)
+    found = re.findall(r"tau 0.1\) on the first batch: mean entropy ([\d.]+) nats \(uniform: log (\d+) = ([\d.]+)\)",
+                       capsys.readouterr().out)
+    assert len(found) == 1, "printed once"
+    entropy, K, uniform = float(found[0][0]), int(found[0][1]), float(found[0][2])
+    teacher = load_teacher(core_teacher)
+    hidden, frame_lengths = teacher(batches[0]["waves"], batches[0]["lengths"])
+    p_t = torch.distributions.Categorical(logits=teacher.head.logits(hidden[-1], 0.1))
+    expected = p_t.entropy()[~_mask(frame_lengths.tolist(), hidden[-1].shape[1])].mean().item()
+    assert entropy == pytest.approx(expected, abs=1e-4)
+    assert K == teacher.head.codewords.shape[0] and uniform == pytest.approx(math.log(K), abs=1e-4)
+    assert entropy < 0.9 * uniform and json.load(open(tmp_path / "args.json"))["tau"] == 0.1
+
+
+def test_specaugment_flag_reaches_the_fbank_front_end_from_distill_and_finetune(
+        core_corpus, core_teacher, tmp_path, monkeypatch):
+    """distill.py --specaugment: the student masks its fbank features in training and its checkpoint
+    says so; finetune.py keeps the student's setting unless --specaugment / --no-specaugment."""
+    masked = []
+    spec_augment = fbf.spec_augment
+    monkeypatch.setattr(fbf, "spec_augment", lambda *a, **k: masked.append(1) or spec_augment(*a, **k))
+
+    def distill_to(out, *flags):  # -> (masks applied?, the student checkpoint's setting)
+        masked.clear()
+        _distill(FBANK_STUDENT + ["--max-steps", "1", *flags], core_corpus, core_teacher, out)
+        return bool(masked), model.load_checkpoint(out / "student.pt")["config"]["specaugment"]
+
+    def finetune_to(out, student, *flags):  # -> (masks applied?, the CTC checkpoint's setting)
+        masked.clear()
+        finetune.main(finetune.parse_args(["--init", str(student), "--train", str(core_corpus / "train"),
+                                           "--out-dir", str(out), "--max-steps", "1", "--batch-seconds", "12",
+                                           "--device", "cpu", *flags]))
+        return bool(masked), model.load_checkpoint(out / "last.pt")["config"]["specaugment"]
+
+    on, off = tmp_path / "on" / "student.pt", tmp_path / "off" / "student.pt"
+    assert distill_to(tmp_path / "on", "--specaugment") == (True, True)
+    assert distill_to(tmp_path / "off") == (False, False)
+    assert model.encoder_from_checkpoint(model.load_checkpoint(on)).feature_extractor.specaugment
+    assert finetune_to(tmp_path / "ft-on", off, "--specaugment") == (True, True)
+    assert finetune_to(tmp_path / "ft-kept", on) == (True, True)
+    assert finetune_to(tmp_path / "ft-off", on, "--no-specaugment") == (False, False)
 
 
 def test_pretrain_distill_finetune_eval_transcribe_chain_through_the_clis(core_corpus, tmp_path):
@@ -589,16 +746,30 @@ def head_weights(seed=0):
 
 
 def assert_matches_torchaudio(teacher, reference, normalize):
-    """Exact equality with torchaudio's own forward (extract_features) on the same weights."""
+    """Exact equality with torchaudio's own forward (extract_features) on the same weights, and of
+    hidden_states[0] with the transformer input built from torchaudio's modules step by step."""
     waves = padded_waves()
     ours, frame_lengths = teacher(waves, LENGTHS)
     inputs = normalize_waveform(waves, LENGTHS) if normalize else waves
     with torch.no_grad():
         layers, ref_lengths = reference.extract_features(inputs, LENGTHS)
-        if reference.encoder.transformer.layer_norm_first is False:  # pre-LN: final norm after the last layer
-            layers[-1] = reference.encoder.transformer.layer_norm(layers[-1])
+        t = reference.encoder.transformer
+        post_ln = t.layer_norm_first  # torchaudio's Transformer flag is True for post-LN models (Base)
+        if not post_ln:  # pre-LN: final norm after the last layer
+            layers[-1] = t.layer_norm(layers[-1])
+        # hidden_states[0], fairseq's order: CNN, layer norm + projection, padded frames zeroed,
+        # + positional conv, then (post-LN only) the encoder's layer norm
+        features, _ = reference.feature_extractor(inputs, LENGTHS)
+        projection = reference.encoder.feature_projection
+        x = projection.projection(projection.layer_norm(features))
+        x = x * (torch.arange(x.shape[1])[None, :] < ref_lengths[:, None])[..., None]
+        x = x + t.pos_conv_embed(x)
+        first = t.layer_norm(x) if post_ln else x
+        # it is what torchaudio's first layer takes (the input of get_intermediate_outputs' loop)
+        assert torch.equal(first, t._preprocess(reference.encoder._preprocess(features, ref_lengths)[0]))
     assert torch.equal(frame_lengths, ref_lengths)
     assert len(ours) == len(layers) + 1
+    assert torch.equal(ours[0], first)
     for a, b in zip(ours[1:], layers):
         assert torch.equal(a, b)
 
@@ -822,14 +993,21 @@ def test_regression_matches_hand_computed_example():
     assert total.item() == pytest.approx(0.5 * l1 + 2.0 * cos, rel=1e-6)
 
 
-def test_regression_stack_sums_the_per_layer_losses():
+def test_regression_stack_averages_the_per_layer_losses():
+    """The authors' `.mean()` over (B x N x T): N layers weigh as one, not N times one."""
     pred, target = torch.randn(3, 2, 6, 4), torch.randn(3, 2, 6, 4)
     mask = _mask([6, 4], 6)
-    total, parts = regression_loss(pred, target, mask)
-    singles = [regression_loss(pred[i], target[i], mask)[0] for i in range(3)]
-    assert total.item() == pytest.approx(sum(s.item() for s in singles), rel=1e-6)
+    total, parts = regression_loss(pred, target, mask, l1_weight=0.5, cos_weight=2.0)
+    singles = [regression_loss(pred[i], target[i], mask, l1_weight=0.5, cos_weight=2.0)[0] for i in range(3)]
+    assert total.item() == pytest.approx(sum(s.item() for s in singles) / 3, rel=1e-6)
+    real = ~mask  # the authors' form: one mean over every (layer, real frame)
+    l1 = (pred - target).abs()[:, real].mean()
+    cos = -F.logsigmoid(F.cosine_similarity(pred, target, dim=-1))[:, real].mean()
+    assert total.item() == pytest.approx((0.5 * l1 + 2.0 * cos).item(), rel=1e-6)
     assert parts["l1_layers"].shape == (3,) and parts["cos_layers"].shape == (3,)
-    assert parts["l1"].item() == pytest.approx(parts["l1_layers"].sum().item(), rel=1e-6)
+    assert parts["l1"].item() == pytest.approx(l1.item(), rel=1e-6)
+    assert parts["cos"].item() == pytest.approx(cos.item(), rel=1e-6)
+    assert parts["l1"].item() == pytest.approx(parts["l1_layers"].mean().item(), rel=1e-6)
 
 
 def test_losses_ignore_padding_garbage_including_nan():
@@ -888,22 +1066,16 @@ def test_frontend_loss_is_l1_over_real_frames():
     assert frontend_loss(pred, target, _mask([1], 2)).item() == pytest.approx(1.5)  # (1 + 2) / 2
 
 
-class _TeacherHead(torch.nn.Module):
-    """Local equivalent of model.PredictionHead: cos(final_proj(h), codewords) / tau."""
-
-    def __init__(self, dim, final_dim, k):
-        super().__init__()
-        self.final_proj = torch.nn.Linear(dim, final_dim)
-        self.codewords = torch.nn.Parameter(torch.randn(k, final_dim))
-
-    def logits(self, h, tau):
-        proj = F.normalize(self.final_proj(h), dim=-1, eps=1e-8)
-        return proj @ F.normalize(self.codewords, dim=-1, eps=1e-8).t() / tau
+def _prediction_head(dim, final_dim, k):
+    """HuBERT's head (model.PredictionHead) with random codewords: the teacher side of the tests."""
+    head = model.PredictionHead(dim, final_dim, k)
+    torch.nn.init.normal_(head.codewords)
+    return head
 
 
 @pytest.mark.parametrize("disc_head", ["cos", "linear", "hard", None])
 def test_distill_heads_output_shapes(disc_head):
-    teacher = _TeacherHead(12, 6, 9)
+    teacher = _prediction_head(12, 6, 9)
     heads = DistillHeads(8, 12, [(1, 1), (2, 2), (2, 3)], disc_head, teacher.codewords, tau=0.5)
     hidden = [torch.randn(2, 5, 8) for _ in range(3)]
     pred, logits = heads(hidden)
@@ -912,19 +1084,77 @@ def test_distill_heads_output_shapes(disc_head):
     assert torch.allclose(pred[0], heads.proj[0](hidden[1]))
 
 
-def test_cos_head_equals_the_teacher_head_formula_and_its_codewords_are_frozen():
-    teacher = _TeacherHead(8, 6, 9).requires_grad_(False)
-    heads = DistillHeads(8, 12, [(1, 1)], "cos", teacher.codewords, tau=0.1)
-    heads.disc.load_state_dict(teacher.final_proj.state_dict())
+def test_sw_heads_are_distilhuberts_expand_last_and_dt_heads_one_linear_per_layer():
+    """S&W: Linear(D -> N*D), GELU, one Linear(D -> C) per target layer, equal to s3prl's
+    output_layer (Linear, GELU, SplitLinear; upstream/distiller) run with the same weights."""
+    torch.manual_seed(0)
+    D, C, N, B, T = 8, 12, 3, 2, 5
+    heads = DistillHeads(D, C, [(2, 4), (2, 8), (2, 12)], style="last")
+    assert heads.expand.weight.shape == (N * D, D)
+    assert [tuple(p.weight.shape) for p in heads.proj] == [(C, D)] * N
+    hidden = [torch.randn(B, T, D) for _ in range(3)]
+    pred, _ = heads(hidden)
+    # s3prl: x = GELU(Linear(h)) reshaped to (B, T, N, 1, D); SplitLinear's weight [N, D, C] and
+    # bias [1, 1, N, C]; then (B, T, N, C) -> (B, N, T, C). Ours stacks N first: (N, B, T, C).
+    weight = torch.stack([p.weight.t() for p in heads.proj])
+    bias = torch.stack([p.bias for p in heads.proj])[None, None]
+    x = torch.nn.GELU()(hidden[2] @ heads.expand.weight.t() + heads.expand.bias).reshape(B, T, N, 1, D)
+    ref = torch.einsum("...klm,kmn->...kln", x, weight).squeeze(3) + bias
+    torch.testing.assert_close(pred, ref.permute(2, 0, 1, 3))
+    assert not torch.allclose(pred, torch.stack([p(hidden[2]) for p in heads.proj]))  # not plain Linear heads
+    dt = DistillHeads(D, C, [(1, 1), (2, 2)], style="layerwise")  # D&T: layer i -> Linear -> teacher layer i
+    assert dt.expand is None
+    torch.testing.assert_close(dt(hidden)[0], torch.stack([dt.proj[0](hidden[1]), dt.proj[1](hidden[2])]))
+    with pytest.raises(ValueError, match="one student layer"):
+        DistillHeads(D, C, [(1, 4), (2, 8)], style="last")
+
+
+def test_distiller_gives_each_preset_its_head_style():
+    teacher = _teacher()
+    args = distill.parse_args(["--teacher", "-", "--data", "-", "--out-dir", "-", "--disc-weight", "0.5"])
+    for preset, style, n_proj in (("distilhubert", "last", 3), ("fithubert", "layerwise", 4)):
+        student = build_student(preset, teacher, layers=2 if style == "last" else 4)
+        heads = distill.make_distiller(args, preset, student, teacher)[0].heads
+        assert heads.config()["style"] == style and len(heads.proj) == n_proj
+        assert (heads.expand is not None) == (style == "last")
+
+
+@pytest.mark.parametrize("disc_head", ["cos", "hard"])
+def test_cos_and_hard_heads_equal_the_teachers_prediction_head_and_codewords_are_frozen(disc_head):
+    """Same weights in a student head and in model.PredictionHead give the same logits."""
+    teacher = _prediction_head(8, 6, 9).requires_grad_(False)
+    heads = DistillHeads(8, 12, [(1, 1)], disc_head, teacher.codewords, tau=0.1)
+    heads.disc.load_state_dict(teacher.final_proj.state_dict())  # Linear(D -> F), F = 6, not K = 9
     assert "codewords" not in dict(heads.named_parameters()) and "codewords" in heads.state_dict()
     h = torch.randn(2, 5, 8)
     _, logits = heads([h, h])
-    assert torch.allclose(logits, teacher.logits(h, 0.1), atol=1e-5)
+    torch.testing.assert_close(logits, teacher.logits(h, 0.1))
     assert discriminative_loss(logits, teacher.logits(h, 0.1), None).item() == pytest.approx(0.0, abs=1e-5)
 
 
+def test_hard_head_loss_is_the_authors_type3_cross_entropy_over_cosine_logits():
+    """pretrain/distillFBANK (type3): CE over cos(student proj, [positive, all codewords]) / tau,
+    the positive's copy among the codewords set to -inf, target 0; the positive is the
+    codeword of the teacher's argmax unit."""
+    torch.manual_seed(0)
+    teacher = _prediction_head(8, 6, 9).requires_grad_(False)
+    heads = DistillHeads(8, 12, [], "hard", teacher.codewords, tau=0.1)
+    h_s, h_t, mask = torch.randn(2, 5, 8), torch.randn(2, 5, 8), _mask([5, 3], 5)
+    _, s_logits = heads([h_s])
+    loss = hard_unit_loss(s_logits, teacher.logits(h_t, 0.1), mask)
+    emb = heads.disc(h_s)[~mask]                                        # (R, F)
+    label = teacher.logits(h_t, 0.1)[~mask].argmax(-1)                  # (R,)
+    cw = teacher.codewords
+    pos, negs = cw[label], cw[:, None].expand(-1, len(label), -1)       # (R, F), (K, R, F)
+    neg_is_pos = (pos == negs).all(-1)
+    logits = torch.cosine_similarity(emb, torch.cat([pos[None], negs]), dim=-1) / 0.1  # (K + 1, R)
+    logits[1:][neg_is_pos] = -math.inf
+    ref = F.cross_entropy(logits.t(), torch.zeros(len(label), dtype=torch.long))
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+
+
 def test_gradients_reach_the_student_only():
-    teacher = _TeacherHead(8, 6, 9)  # codewords and final_proj require grad on purpose
+    teacher = _prediction_head(8, 6, 9)  # codewords and final_proj require grad on purpose
     student = torch.nn.Linear(4, 8)
     heads = DistillHeads(8, 8, [(1, 1)], "cos", teacher.codewords, tau=1.0)
     x = torch.randn(2, 5, 4)
@@ -941,8 +1171,9 @@ def test_gradients_reach_the_student_only():
     assert not heads.codewords.requires_grad
 
 
-def test_distill_heads_rebuild_from_config_and_state_dict():
-    heads = DistillHeads(8, 12, [(2, 4), (2, 8)], "cos", torch.randn(9, 6), tau=0.3)
+@pytest.mark.parametrize("style,disc_head", [("last", "cos"), ("last", "hard"), ("layerwise", "linear")])
+def test_distill_heads_rebuild_from_config_and_state_dict(style, disc_head):
+    heads = DistillHeads(8, 12, [(2, 4), (2, 8)], disc_head, torch.randn(9, 6), tau=0.3, style=style)
     cfg = heads.config()
     assert all(not isinstance(v, torch.Tensor) for v in cfg.values())
     again = DistillHeads(**cfg)
@@ -1010,6 +1241,20 @@ def test_frontend_parameter_counts_match_the_paper_budget():
         assert {"cmvn_mean", "cmvn_std"} <= set(fe.state_dict())  # CMVN: buffers in the checkpoint
 
 
+def test_frontend_projection_starts_xavier_normal_with_zero_bias():
+    """The authors' FbankExtractor.linear (nn.init.xavier_normal_, zeros_), seen in a built student:
+    std sqrt(2 / (fan_in + fan_out)) = 0.046 for 480 -> 480, where PyTorch's default uniform init
+    has 1 / sqrt(3 fan_in) = 0.026 and kurtosis 1.8 (a normal's: 3)."""
+    torch.manual_seed(0)
+    proj = build_student("fithubert-fbank").feature_extractor.proj
+    w = proj.weight.detach().double()
+    assert torch.equal(proj.bias, torch.zeros_like(proj.bias))
+    assert w.std().item() == pytest.approx(math.sqrt(2 / (w.shape[0] + w.shape[1])), rel=0.01)
+    assert abs(w.mean().item()) < 1e-3
+    kurtosis = ((w - w.mean()) ** 4).mean() / w.var(unbiased=False) ** 2
+    assert kurtosis.item() == pytest.approx(3.0, abs=0.1)
+
+
 def test_padding_does_not_change_real_frames_of_the_frontend():
     fe = fbf.FbankFrontend(16).eval()
     fe.set_cmvn(torch.randn(80), torch.rand(80) + 0.5)
@@ -1026,25 +1271,56 @@ def test_padding_does_not_change_real_frames_of_the_frontend():
 
 def _cnn_frames(n):
     """Reference: run the lengths through HuBERT's CNN layer by layer (torchaudio's formula)."""
-    for _, k, s in [(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] * 2:
+    for _, k, s in model.HUBERT_CNN:
         n = (n - k) // s + 1
     return n
 
 
+def _hubert_cnn():
+    """HuBERT's CNN geometry (kernels, strides) with 16 channels and per-frame layer norms, so
+    that no normalisation mixes frames and a frame's gradient shows exactly what it reads."""
+    config = EncoderConfig(extractor_mode="layer_norm", conv_layers=[(16, k, s) for _, k, s in model.HUBERT_CNN],
+                           dim=16, layers=1, heads=2, ffn=16)
+    return Encoder(config).feature_extractor
+
+
+def _read_span_centres(fn, num_samples):
+    """Centre (in samples) of the input span that each output frame of fn([1, S]) -> [1, T, C]
+    reads, found by backpropagating from each frame in turn: (first + last nonzero gradient) / 2."""
+    x = (0.1 * torch.randn(1, num_samples, generator=torch.Generator().manual_seed(0))).requires_grad_()
+    out = fn(x)
+    centres = []
+    for k in range(out.shape[1]):
+        grad, = torch.autograd.grad(out[0, k].sum(), x, retain_graph=True)
+        read = grad[0].nonzero()
+        centres.append((read.min().item() + read.max().item()) / 2)
+    return torch.tensor(centres, dtype=torch.float64)
+
+
 def test_fbank_frames_match_the_cnn_frames_and_centres_align():
+    """The Fbank student's 20 ms frame k covers the same audio as HuBERT's CNN frame k: equal
+    counts for every length, and equal centres measured on the modules themselves."""
     lengths = torch.arange(8000, 160_001, 37)  # 0.5 s .. 10 s, every 37 samples
     fbank_frames = fbf.num_subsampled_frames(fbf.num_fbank_frames(lengths))
     cnn = torch.tensor([_cnn_frames(int(n)) for n in lengths])
     assert torch.equal(fbf.num_cnn_frames(lengths), cnn)
-    assert (fbank_frames - cnn).abs().max().item() <= 1  # in fact 0 with padding 2
-    # centres in samples: 20 ms Fbank frame k sits on 10 ms frame 2k -> 320 k + 200; CNN: 320 k + 200
-    a = (torch.arange(int(fbank_frames.max())) * 2 * fbf.HOP_LENGTH + fbf.WIN_LENGTH // 2)[None, :, None]
-    b = (torch.arange(int(cnn.max())) * fbf.CNN_HOP + fbf.CNN_WIN // 2)[None, :, None]
-    a, b = a.expand(len(lengths), -1, -1), b.expand(len(lengths), -1, -1)
-    a, b, n = fbf.align_frames(a, b, fbank_frames, cnn)
-    real = ~_mask(n.tolist(), a.shape[1])
-    assert (a - b)[real].abs().max().item() <= fbf.CNN_HOP  # at most one frame apart (in fact 0)
-    assert torch.equal(n, torch.minimum(fbank_frames, cnn))
+    assert torch.equal(fbank_frames, cnn)
+    fe, cnn_module = fbf.FbankFrontend(8).eval(), _hubert_cnn().eval()
+    with torch.no_grad():  # the formulas are what the modules really output, near every boundary
+        for n in [400, 719, 720, 1039, 1040, 1359, 1360, 4321, 16_000]:
+            w = torch.randn(1, n)
+            formula = int(fbf.num_subsampled_frames(fbf.num_fbank_frames(torch.tensor(n))))
+            assert fe(w)[0].shape[1] == cnn_module(w, None)[0].shape[1] == _cnn_frames(n) == formula
+    # Centres, in samples. CNN frame k: measured. Fbank 10 ms frame t: measured on kaldi_fbank; the
+    # subsampler's frame k is centred on the 10 ms frame under its middle tap (read from its conv).
+    S = 8000
+    cnn_centres = _read_span_centres(lambda x: cnn_module(x, None)[0], S)
+    fbank10_centres = _read_span_centres(lambda x: fbf.kaldi_fbank(x)[0], S)
+    (kernel,), (stride,), (padding,) = fe.conv.kernel_size, fe.conv.stride, fe.conv.padding
+    middle_tap = [k * stride - padding + (kernel - 1) // 2 for k in range(len(cnn_centres))]
+    assert kernel % 2 == 1 and middle_tap[-1] < len(fbank10_centres)
+    assert torch.equal(fbank10_centres[middle_tap], cnn_centres)
+    assert cnn_centres[1] - cnn_centres[0] == 320  # and both move by one 20 ms hop per frame
 
 
 def test_align_frames_trims_to_the_shorter_sequence():
@@ -1273,12 +1549,12 @@ def ft_encoder(**overrides):
     return model.build_student("tiny", conv_layers=FT_CNN, **overrides)
 
 
-def ft_ctc(**config):
+def ft_ctc(special_bias=0.0, **config):
+    """A random CTC model. special_bias raises the logits of <s>, </s>, <unk>: outputs that no
+    transcript trains, which an under-trained model may still rank first."""
     ctc = model.CTCModel(ft_encoder(dropout=0.0, attention_dropout=0.0), model.CTCConfig(**config))
-    # A random head would also emit <s>, </s> and <unk>, which no transcript contains (so a
-    # trained model never does) and which transformers' tokenizer prints literally.
     with torch.no_grad():
-        ctc.proj.bias[1:4] = -1e3
+        ctc.proj.bias[[data.VOCAB.index(t) for t in ("<s>", "</s>", "<unk>")]] = special_bias
     return ctc.eval()
 
 
@@ -1305,8 +1581,34 @@ def ft_run(ft_corpus, ft_student, out_dir, *flags):
     return model.load_checkpoint(os.path.join(out_dir, "last.pt"))
 
 
+def fairseq_tri_stage(update, peak, warmup, hold, decay, init_lr_scale=0.01, final_lr_scale=0.05):
+    """fairseq's TriStageLRSchedule.step_update, written out from its source (the decay stage
+    ends with `<=`; the LR of update n is the one set after n updates)."""
+    init_lr, final_lr = init_lr_scale * peak, final_lr_scale * peak
+    if update < warmup:
+        return init_lr + (peak - init_lr) / warmup * update
+    if update < warmup + hold:
+        return peak
+    if update <= warmup + hold + decay:
+        return peak * math.exp(math.log(final_lr_scale) / decay * (update - warmup - hold))
+    return final_lr
+
+
 def test_tri_stage_lr_matches_fairseq_at_stage_boundaries():
-    lr = lambda s: finetune.tri_stage_lr(s, 1000, 1e-3, (0.1, 0.4, 0.5))  # noqa: E731
+    # finetune.py's defaults are fairseq's examples/hubert/config/finetune/base_10h.yaml
+    args = finetune.parse_args(["--init", "s.pt", "--train", "t", "--out-dir", "o"])
+    stages = (args.warmup_steps, args.hold_steps, args.decay_steps)
+    assert stages == (8000, 0, 72_000)
+    assert (args.max_steps, args.lr, args.freeze_steps) == (25_000, 2e-5, 10_000)
+    for step in (0, 1, 4000, 7999, 8000, 8001, 24_999, 44_000, 79_999, 80_000, 80_001, 10**6):
+        assert finetune.tri_stage_lr(step, args.lr, *stages) == pytest.approx(
+            fairseq_tri_stage(step, args.lr, *stages), rel=1e-9), step
+    # --stages: shares of --max-steps, as fairseq's phase_ratio (int(max_update * ratio))
+    short = finetune.parse_args(["--init", "s.pt", "--train", "t", "--out-dir", "o", "--max-steps", "1001",
+                                 "--stages", "0.1,0.4,0.5"])
+    assert (short.warmup_steps, short.hold_steps, short.decay_steps) == (100, 400, 500)
+    lr = lambda s: finetune.tri_stage_lr(s, 1e-3, 100, 400, 500)  # noqa: E731
+    assert all(lr(s) == pytest.approx(fairseq_tri_stage(s, 1e-3, 100, 400, 500), rel=1e-9) for s in range(1100))
     assert lr(0) == pytest.approx(1e-5)                   # init_lr_scale 0.01
     assert lr(50) == pytest.approx(1e-5 + (1e-3 - 1e-5) * 0.5)  # linear warm-up
     assert lr(100) == pytest.approx(1e-3)                 # peak after warm-up
@@ -1451,9 +1753,20 @@ def test_beam_search_with_kenlm_and_lexicon_spells_lexicon_words(tmp_path):
     assert description.startswith("beam search")
 
 
+def test_greedy_decoding_never_emits_the_untrained_special_tokens():
+    ids = {c: data.VOCAB.index(c) for c in ("A", "B", "<s>", "</s>", "<unk>")}
+    log_probs = torch.full((1, 3, len(data.VOCAB)), -9.0)
+    log_probs[0, [0, 2], ids["A"]] = -0.1
+    log_probs[0, 1, [ids["<s>"], ids["</s>"], ids["<unk>"]]] = -0.5  # the specials win frame 1,
+    log_probs[0, 1, ids["B"]] = -1.0                                 # B comes next
+    assert finetune.greedy_decode(log_probs, torch.tensor([3])) == ["ABA"]  # not "AA"
+
+
 def test_export_to_transformers_matches_logits_and_pipeline_transcript(tmp_path):
+    """On an under-trained model, whose never-trained <s>, </s>, <unk> outputs win some frames,
+    transformers' pipeline writes what finetune.py --transcribe writes (and no "<s>")."""
     transformers = pytest.importorskip("transformers")
-    ctc = ft_ctc(mask_prob=0.65, mask_channel_prob=0.5, mask_channel_length=8)
+    ctc = ft_ctc(special_bias=1.0, mask_prob=0.65, mask_channel_prob=0.5, mask_channel_length=8)
     out = str(tmp_path / "hf")
     checkpoints.export_huggingface(ctc, out)
     assert sorted(os.listdir(out)) == sorted(["config.json", "model.safetensors", "vocab.json", "tokenizer_config.json",
@@ -1464,13 +1777,21 @@ def test_export_to_transformers_matches_logits_and_pipeline_transcript(tmp_path)
     x = torch.from_numpy(wave)[None]
     with torch.no_grad():
         ours, frame_lengths = ctc(x, torch.tensor([x.shape[1]]))
-        theirs = hf(x).logits.log_softmax(-1)
+        theirs = hf(x).logits
+    specials = checkpoints.NEVER_EMITTED
+    assert sorted(data.VOCAB[i] for i in specials) == ["</s>", "<s>", "<unk>"]
+    wins = torch.isin(ours.argmax(-1), torch.tensor(specials))
+    assert 0 < wins.float().mean() < 0.7  # the fixture is under-trained: specials win some frames, not all
     assert theirs.shape == ours.shape
-    assert torch.allclose(theirs, ours, atol=1e-4)
+    real = [i for i in range(len(data.VOCAB)) if i not in specials]
+    # the blank's and the characters' logits are ours; the specials' can never win
+    assert torch.allclose(theirs[..., real].log_softmax(-1), ours[..., real].log_softmax(-1), atol=1e-4)
+    assert torch.equal(theirs[..., specials], torch.full_like(theirs[..., specials], checkpoints.NEVER_EMITTED_LOGIT))
     asr = transformers.pipeline("automatic-speech-recognition", model=out, device="cpu")
     text = asr({"raw": wave, "sampling_rate": data.SAMPLE_RATE})["text"]
     ours_text = finetune.greedy_decode(ours, frame_lengths)[0]
-    assert ours_text and " ".join(text.split()) == ours_text  # we also collapse repeated spaces
+    assert len(set(ours_text)) > 3 and "<" not in text
+    assert " ".join(text.split()) == ours_text  # we also collapse repeated spaces
 
 
 def test_export_of_an_fbank_student_is_a_clear_error(tmp_path):
@@ -1584,6 +1905,27 @@ def test_distill_under_torchrun_two_ranks_keeps_parameters_identical(rel_corpus,
     ckpt = model.load_checkpoint(tmp_path / "checkpoint.pt")
     assert ckpt["step"] == 3 and len(ckpt["rng"]) == 2  # every rank's RNG state, for exact resume
     assert not torch.equal(ckpt["rng"][0]["torch"], ckpt["rng"][1]["torch"])  # seed + rank
+
+
+@pytest.mark.parametrize("frontend_steps", [0, 2])
+def test_fbank_student_distills_under_torchrun_with_and_without_the_front_end_stage(frontend_steps, rel_corpus,
+                                                                                     rel_teacher, tmp_path):
+    """Every parameter DDP knows of must get a gradient (or DDP must look for the ones that do not):
+    the stage-1 projection to teacher layer 0 exists only with --frontend-steps > 0, where stage 1
+    leaves the transformer and heads without gradients and stage 2 the projection. Before, an Fbank
+    student with --frontend-steps 0 failed at step 2 with "Expected to have finished reduction"."""
+    out = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={rel_free_port()}",
+         "distill.py", "--teacher", rel_teacher, "--data", rel_corpus[0], "--out-dir", str(tmp_path),
+         "--student", "fithubert-fbank", "--layers", "2", "--dim", "32", "--ffn", "32", "--heads", "2",
+         "--batch-seconds", "2", "--max-steps", str(frontend_steps + 2), "--frontend-steps", str(frontend_steps),
+         "--save-every", "2", "--disc-weight", "0.5", "--lr", "1e-3", "--device", "cpu"],
+        cwd=HERE, capture_output=True, text=True, timeout=180, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "device cpu x2" in out.stdout and out.stdout.count("done:") == 1
+    ckpt = model.load_checkpoint(tmp_path / "checkpoint.pt")
+    assert ckpt["step"] == frontend_steps + 2  # parameters agreed across ranks at steps 2 and 4
+    assert ("frontend_proj.weight" in ckpt["distiller"]) == (frontend_steps > 0)
 
 
 def test_finetune_under_torchrun_two_ranks_trains_the_encoder_after_the_freeze(rel_corpus, rel_student, tmp_path):
@@ -1743,6 +2085,25 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path, rel_corpus, rel_tea
     for expected, out in runs.items():
         assert out.returncode == 1 and expected in out.stderr, out.stderr
         assert "Traceback" not in out.stderr and out.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+def test_fbank_only_flags_on_a_cnn_student_are_one_line_errors(tmp_path, rel_corpus, rel_teacher, rel_student):
+    """--frontend-steps (which used to die at step 1 in a TypeError traceback) and --specaugment
+    need an Fbank front-end: distill.py refuses them before any work, finetune.py before training."""
+    distill_args = ["--teacher", rel_teacher, "--data", rel_corpus[0], "--device", "cpu", "--student", "tiny"]
+    runs = {
+        "--frontend-steps needs an Fbank student": rel_cli("distill.py", *distill_args, "--out-dir",
+                                                           str(tmp_path / "o1"), "--frontend-steps", "2"),
+        "--specaugment needs an Fbank student": rel_cli("distill.py", *distill_args, "--out-dir",
+                                                        str(tmp_path / "o2"), "--specaugment"),
+        f"--specaugment needs an Fbank student (distilled from a *-fbank preset); {rel_student}":
+            rel_cli("finetune.py", "--init", rel_student, "--train", rel_corpus[0], "--out-dir",
+                    str(tmp_path / "o3"), "--device", "cpu", "--specaugment"),
+    }
+    for expected, out in runs.items():
+        assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+        assert out.stderr.strip().splitlines()[-1].startswith("error: " + expected), out.stderr
+    assert not os.path.exists(tmp_path / "o1") and not os.path.exists(tmp_path / "o2")  # refused before any work
 
 
 def test_unknown_preset_is_a_usage_error_listing_the_presets(capsys):
