@@ -412,6 +412,12 @@ class Espeak:
         lib.espeak_SetSynthCallback(self.callback)
         self.lib = lib
 
+    def version(self):
+        """eSpeak NG's version string, e.g. "1.52.0" (the corpus depends on it)."""
+        self.lib.espeak_Info.restype = ctypes.c_char_p
+        self.lib.espeak_Info.argtypes = [ctypes.c_void_p]
+        return self.lib.espeak_Info(None).decode()
+
     def _collect(self, wav, num_samples, events):
         if num_samples > 0:
             self.chunks.append(np.ctypeslib.as_array(wav, shape=(num_samples,)).copy())

@@ -25,6 +25,7 @@ like HuBERT Base and the paper's students (see TEACHER and model.PRESETS "toy-*"
 """
 import argparse
 import datetime
+import hashlib
 import json
 import os
 import platform
@@ -38,6 +39,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 
 import jiwer
+import numpy as np
 import torch
 
 import data
@@ -54,13 +56,21 @@ from distill import format_duration
 # 24%), Fbank D&T 19% smaller than D&T (the paper: 17%).
 TEACHER = dict(layers=12, dim=160, ffn=640, heads=4, conv_dim=128)
 
+# The demo starts from a teacher shipped in the repository (`make teacher` re-creates it, ~65 min
+# on one core): pretrain.py on a 5 h toy corpus of its own whose train split (4 h) is all it hears.
+# Seed 1 gives other sentences and speaker pitches/rates than the demo's seed-0 corpus; the voice
+# variants of the dev and test speakers are held out of every train split (data.SPLIT_VARIANTS),
+# so the teacher never heard a test voice. Its record (command, commit, corpus hash, eSpeak
+# version, masked-accuracy curve) is stored in the file and in teacher/RECORD.md.
+SHIPPED_TEACHER = "teacher/toy-teacher.pt"
+TEACHER_CORPUS = dict(hours=5.0, seed=1)
+TEACHER_TRAINING = dict(max_steps=3000, batch_seconds=32.0, seed=0)
+
 
 @dataclass
 class Sizing:
     """How much of everything a demo run does; --hours and --steps scale it."""
     hours: float            # corpus, hours of speech (80% train, 10% dev, 10% test)
-    teacher_steps: int      # pretrain.py optimizer steps
-    teacher_batch: float    # pretrain.py padded audio per batch, seconds
     distill_steps: int      # distill.py optimizer steps per student
     frontend_steps: int     # Fbank student: first steps that train only its front-end (stage 1)
     finetune_steps: int     # finetune.py optimizer steps per model and label budget
@@ -76,9 +86,9 @@ class Sizing:
 # step-limited here, so the larger budget mostly buys variety, not more updates). "quick" runs
 # the same flow in ~3 min; its models stay at ~100% WER.
 SIZINGS = {
-    "full": Sizing(hours=1.25, teacher_steps=400, teacher_batch=32.0, distill_steps=300, frontend_steps=60,
+    "full": Sizing(hours=1.25, distill_steps=300, frontend_steps=60,
                    finetune_steps=300, freeze_steps=30, low_hours=0.1, batch_seconds=16.0, eval_every=100),
-    "quick": Sizing(hours=0.2, teacher_steps=40, teacher_batch=8.0, distill_steps=20, frontend_steps=5,
+    "quick": Sizing(hours=0.2, distill_steps=20, frontend_steps=5,
                     finetune_steps=30, freeze_steps=3, low_hours=0.03, batch_seconds=8.0, eval_every=15),
 }
 
@@ -86,7 +96,10 @@ SIZINGS = {
 # LibriSpeech; a few hundred steps on ~1 h want a larger learning rate and lighter masking
 # (picked on short runs: lr 5e-4 and 2e-3 both did worse than 1e-3 at 300 CTC steps).
 DISTILL = dict(lr=1e-3)
-FINETUNE = dict(lr=1e-3, mask_prob=0.25, mask_channel_prob=0.1, mask_channel_length=8, layerdrop=0.0)
+# finetune.py's tri-stage LR defaults to base_10h's 8000 warm-up steps, longer than a whole toy
+# run: the demo gives the stages as shares of its --max-steps instead (10% warm-up, 40% hold).
+FINETUNE = dict(lr=1e-3, stages="0.1,0.4,0.5", mask_prob=0.25, mask_channel_prob=0.1, mask_channel_length=8,
+                layerdrop=0.0, clip=10.0)  # early CTC gradients reach norms of 500-1700: clipped
 
 
 @dataclass
@@ -107,17 +120,19 @@ ROWS = [
     Row("scratch", "student from scratch (no distillation)", "toy-fithubert", dict(max_steps=0)),
     Row("sw", "S&W student, regression", "toy-distilhubert"),
     Row("dt", "D&T student, regression", "toy-fithubert"),
-    # The paper's weight range is 0.2-0.8; tau 1.0 is the authors' code's default.
-    Row("dt-disc", "D&T + discriminative loss", "toy-fithubert", dict(disc_weight=0.5, tau=1.0)),
+    # The paper's weight range is 0.2-0.8; tau is distill.py's default (0.1, HuBERT's own).
+    Row("dt-disc", "D&T + discriminative loss", "toy-fithubert", dict(disc_weight=0.5)),
     Row("dt-fbank", "D&T Fbank (two-stage), regression", "toy-fithubert-fbank"),
 ]
 
 # Audio seconds per second of each stage on an idle 2-core machine, the teacher alone on both
 # cores, the other stages two at a time on one core each (run_stages), for the time estimates
 # printed with every stage.
-SPEED = {"synth": 200.0, "pretrain": 19.0, "distill": 12.0, "distill-fbank": 20.0,
+SPEED = {"synth": 200.0, "pretrain": 21.0, "distill": 12.0, "distill-fbank": 20.0,
          "finetune": 36.0, "finetune-teacher": 17.0}
 PADDING = 0.85  # share of a padded batch that is real audio
+STAGE_THREADS = 1  # torch threads of every stage, alone or side by side: results never depend on the pairing
+MEASURE_THREADS = 2  # torch threads for the test WER and the CPU-time comparison (all models alike)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -136,8 +151,10 @@ def parse_args(argv=None):
     g.add_argument("--results", default="results", help="folder for NAME.json, NAME.md, NAME.png")
     g.add_argument("--readme", action="store_true",
                    help="only copy RESULTS/NAME.md (e.g. results/demo.md) between the README's results markers")
-    g.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1),
-                   help="stages run side by side (each gets CPU cores / jobs threads)")
+    g.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                   help="stages run side by side, each on STAGE_THREADS threads (the results do not depend on it)")
+    g.add_argument("--make-teacher", action="store_true",
+                   help=f"re-create {SHIPPED_TEACHER} and its record (make teacher) instead of running the demo")
     g.add_argument("--timing-runs", type=int, default=5, help="timed forward passes per model (median)")
     return p.parse_args(argv)
 
@@ -156,7 +173,7 @@ def sizing_for(args):
     s = SIZINGS["quick" if args.quick else "full"]
     scale = lambda n: max(1, round(n * args.steps))
     return replace(s, hours=args.hours if args.hours is not None else s.hours,
-                   teacher_steps=scale(s.teacher_steps), distill_steps=scale(s.distill_steps),
+                   distill_steps=scale(s.distill_steps),
                    frontend_steps=scale(s.frontend_steps), finetune_steps=scale(s.finetune_steps),
                    freeze_steps=scale(s.freeze_steps), eval_every=scale(s.eval_every))
 
@@ -181,28 +198,24 @@ def log_every(steps):
 
 
 def command(script, *positional, **flags):
-    """command("distill.py", max_steps=300) -> ["distill.py", "--max-steps", "300"]."""
+    """command("finetune.py", max_steps=300, cache_frontend=True) -> ["finetune.py", "--max-steps",
+    "300", "--cache-frontend"] (a boolean is a switch: --name or --no-name)."""
     argv = [script, *positional]
     for name, value in flags.items():
-        argv += [f"--{name.replace('_', '-')}", str(value)]
+        flag = name.replace("_", "-")
+        argv += [f"--{flag}" if value else f"--no-{flag}"] if isinstance(value, bool) else [f"--{flag}", str(value)]
     return argv
 
 
-def plan(runs, s: Sizing):
+def plan(runs, s: Sizing, teacher=SHIPPED_TEACHER):
     """The stages of a run, in the order they start: the teacher's fine-tuning runs (the longest
-    ones) start right after the distillations, so that the runs left at the end are short."""
-    corpus, teacher = f"{runs}/corpus", f"{runs}/teacher/teacher.pt"
+    ones) start first, so that the runs left at the end are short. The from-scratch row gets as
+    many CTC steps as a distilled student gets distillation + CTC steps, so that its row isolates
+    what distillation adds, not what more updates add."""
+    corpus = f"{runs}/corpus"
     audio = lambda steps, batch=s.batch_seconds: steps * batch * PADDING  # seconds of audio trained on
-    stages = [
-        Stage("toy corpus", "corpus", command("data.py", "synth", out=corpus, hours=s.hours, seed=0),
-              f"{corpus}/synth.json", seconds=3600 * s.hours / SPEED["synth"]),
-        Stage("toy HuBERT teacher", "teacher",
-              command("pretrain.py", data=f"{corpus}/train", out_dir=f"{runs}/teacher", **TEACHER,
-                      max_steps=s.teacher_steps, batch_seconds=s.teacher_batch,
-                      log_every=log_every(s.teacher_steps), seed=0),
-              teacher, f"{runs}/teacher", 20 + audio(s.teacher_steps, s.teacher_batch) / SPEED["pretrain"],
-              needs=(f"{corpus}/synth.json",)),
-    ]
+    stages = [Stage("toy corpus", "corpus", command("data.py", "synth", out=corpus, hours=s.hours, seed=0),
+                    f"{corpus}/synth.json", seconds=3600 * s.hours / SPEED["synth"])]
     for row in ROWS[1:]:
         fbank = model.PRESETS[row.preset].config.get("frontend") == "fbank"
         flags = dict(max_steps=s.distill_steps, batch_seconds=s.batch_seconds,
@@ -216,22 +229,126 @@ def plan(runs, s: Sizing):
                                     out_dir=out, **flags),
                             f"{out}/student.pt", out,
                             5 + audio(flags["max_steps"]) / SPEED["distill-fbank" if fbank else "distill"],
-                            needs=(teacher,)))
+                            needs=(f"{corpus}/synth.json",)))
     ctc = []
     for budget in ("low", "high"):
         for row in ROWS:
             out = f"{runs}/ctc/{row.name}-{budget}"
             init = teacher if row.preset is None else f"{runs}/students/{row.name}/student.pt"
-            flags = dict(max_steps=s.finetune_steps, freeze_steps=s.freeze_steps, batch_seconds=s.batch_seconds,
-                         eval_every=s.eval_every, log_every=log_every(s.finetune_steps), seed=0, **FINETUNE)
+            steps = s.finetune_steps + (s.distill_steps if row.name == "scratch" else 0)
+            cnn = row.preset is None or model.PRESETS[row.preset].config.get("frontend", "cnn") == "cnn"
+            flags = dict(max_steps=steps, freeze_steps=s.freeze_steps, batch_seconds=s.batch_seconds,
+                         eval_every=s.eval_every, log_every=log_every(steps), seed=0, **FINETUNE,
+                         cache_frontend=cnn)  # the frozen CNN runs once per utterance, not once per step
             if budget == "low":
                 flags.update(max_train_hours=s.low_hours)
             speed = SPEED["finetune" if row.preset else "finetune-teacher"]
             ctc.append(Stage(f"CTC fine-tune ({budget} label budget): {row.label}", f"ctc {row.name}-{budget}",
                              command("finetune.py", init=init, train=f"{corpus}/train", valid=f"{corpus}/dev",
                                      out_dir=out, **flags),
-                             f"{out}/last.pt", out, 10 + audio(s.finetune_steps) / speed, needs=(init,)))
+                             f"{out}/last.pt", out, 10 + audio(steps) / speed, needs=(init, f"{corpus}/synth.json")))
     return stages + sorted(ctc, key=lambda st: -st.seconds)  # stable: longest first, then table order
+
+
+# ----------------------------------------------------------------------------------------------
+# The shipped teacher: made once by `make teacher` (python demo.py --make-teacher), checked on use
+
+
+def teacher_plan(runs):
+    """The two stages that make the toy teacher: its own corpus, then pretrain.py on its train split."""
+    corpus, out = f"{runs}/corpus", f"{runs}/pretrain"
+    steps, batch = TEACHER_TRAINING["max_steps"], TEACHER_TRAINING["batch_seconds"]
+    return [Stage("teacher corpus", "corpus", command("data.py", "synth", out=corpus, **TEACHER_CORPUS),
+                  f"{corpus}/synth.json", seconds=3600 * TEACHER_CORPUS["hours"] / SPEED["synth"]),
+            Stage("toy HuBERT teacher", "pretrain",
+                  command("pretrain.py", data=f"{corpus}/train", out_dir=out, **TEACHER, **TEACHER_TRAINING,
+                          log_every=50, save_every=100, device="cpu"),
+                  f"{out}/teacher.pt", out, 60 + steps * batch * PADDING / SPEED["pretrain"],
+                  needs=(f"{corpus}/synth.json",))]
+
+
+def tree_sha256(folder):
+    """sha256 over the relative paths and bytes of every file under folder, in sorted order."""
+    h = hashlib.sha256()
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            h.update(os.path.relpath(path, folder).encode() + b"\0")
+            with open(path, "rb") as f:
+                h.update(f.read())
+    return h.hexdigest()
+
+
+def ship_teacher(pretrain_dir, corpus_dir, command_line, out=SHIPPED_TEACHER):
+    """Write the pre-trained teacher as the small file the demo starts from: encoder and head in
+    fp16 (8.5 MB instead of 17; the demo casts them back to fp32, the same weights on every run),
+    without the k-means targets, with its record; and teacher/RECORD.md, teacher/pretrain-log.jsonl."""
+    ckpt = model.load_checkpoint(os.path.join(pretrain_dir, "teacher.pt"))
+    half = lambda state: {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    with open(os.path.join(pretrain_dir, "log.jsonl")) as f:
+        curve = [json.loads(line) for line in f]
+    import espeakng_loader
+    from importlib.metadata import version
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                            cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+    record = {"teacher": TEACHER, "training": TEACHER_TRAINING, "command": command_line, "commit": commit,
+              "corpus": {**TEACHER_CORPUS, "synth_version": data.SYNTH_VERSION,
+                         "train_sha256": tree_sha256(os.path.join(corpus_dir, "train")),
+                         "espeak_ng": data.Espeak.get().version(), "espeakng_loader": version("espeakng-loader")},
+              "torch": str(torch.__version__), "date": datetime.date.today().isoformat(),
+              "final": {k: curve[-1][k] for k in ("step", "acc_m", "acc_u") if k in curve[-1]}}
+    shipped = {k: ckpt[k] for k in ("format", "kind", "config")}
+    shipped.update(encoder=half(ckpt["encoder"]), head=half(ckpt["head"]), record=record)
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    model.save_checkpoint(shipped, out)
+    folder = os.path.dirname(out) or "."
+    with open(os.path.join(folder, "pretrain-log.jsonl"), "w") as f:
+        f.writelines(json.dumps(c) + "\n" for c in curve)
+    lines = ["# The shipped toy teacher", "", f"`{out}` ({os.path.getsize(out) / 1e6:.1f} MB, fp16), made by",
+             "", "```", command_line, "```", "", f"at commit `{commit}` on {machine()}, {record['date']}; "
+             f"re-create it with `make teacher`. Record (also inside the file, `record`):", "", "```json",
+             json.dumps(record, indent=2), "```", "", "Masked-unit accuracy (acc_m) and unmasked (acc_u) "
+             "on the training batch, from `pretrain-log.jsonl`:", "", "| step | loss | acc_m | acc_u |",
+             "|---:|---:|---:|---:|"]
+    every = max(1, len(curve) // 12)
+    lines += [f"| {c['step']} | {c['loss']:.3f} | {c['acc_m']:.3f} | {c['acc_u']:.3f} |"
+              for c in curve[every - 1::every]]
+    with open(os.path.join(folder, "RECORD.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print(f"wrote {out}, {folder}/RECORD.md, {folder}/pretrain-log.jsonl", flush=True)
+
+
+def file_sha256(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def check_teacher(path=SHIPPED_TEACHER):
+    """Refuse a teacher file that this code would not make, saying what differs."""
+    if not os.path.exists(path):
+        raise SystemExit(f"error: no toy teacher at {path}; `make teacher` re-creates it (~65 min on one core)")
+    record = model.load_checkpoint(path).get("record")
+    if not record:
+        raise SystemExit(f"error: {path} has no record of how it was made; `make teacher` re-creates it")
+    expected = {"teacher": TEACHER, "training": TEACHER_TRAINING,
+                "corpus": {**TEACHER_CORPUS, "synth_version": data.SYNTH_VERSION}}
+    diffs = [f"{group} {k}: file {record.get(group, {}).get(k)!r}, demo.py {v!r}"
+             for group, values in expected.items() for k, v in values.items()
+             if record.get(group, {}).get(k) != v]
+    if diffs:
+        raise SystemExit(f"error: {path} was made with other settings than demo.py's ({'; '.join(diffs)}); "
+                         f"run `make teacher` to re-create it")
+    return record
+
+
+def make_teacher(args):
+    """`make teacher`: corpus, pre-training (resumable), then the shipped file and its record."""
+    runs = args.runs or os.path.join("runs", "teacher")
+    stages = teacher_plan(runs)
+    run_stages(stages, runs, time.time(), jobs=1)
+    ship_teacher(f"{runs}/pretrain", f"{runs}/corpus",
+                 " && ".join(shlex.join(["python", *st.argv]) for st in stages))
 
 
 def stage_state(stage):
@@ -318,9 +435,11 @@ def time_left(todo, running, jobs, now):
 
 def run_stages(stages, runs, start, jobs=1):
     """Run the stages not done yet, up to `jobs` at a time, each as soon as the files it needs
-    exist; the seconds each took accumulate in RUNS/stage_seconds.json. A stage that runs alone
-    gets all CPU cores; stages side by side share them (small models use one core better than two:
-    two 1-thread fine-tuning runs side by side finish 1.4x sooner than one after the other)."""
+    exist; the seconds each took accumulate in RUNS/stage_seconds.json. Every stage runs on
+    STAGE_THREADS threads whatever runs beside it, so that its numbers never depend on how the
+    stages happened to be paired (float sums change with the thread count); small models use one
+    core better than two: two 1-thread fine-tuning runs side by side finish 1.4x sooner than one
+    after the other."""
     times_path = os.path.join(runs, "stage_seconds.json")
     times = {}
     if os.path.exists(times_path):
@@ -331,7 +450,7 @@ def run_stages(stages, runs, start, jobs=1):
     for st in stages:
         if st not in todo:
             print(f"[{numbers[id(st)]}/{len(stages)}] {st.title}: done ({st.done})", flush=True)
-    running, lock, cpus, t_start = [], threading.Lock(), os.cpu_count() or 1, time.time()
+    running, lock, t_start = [], threading.Lock(), time.time()
     # Ctrl-C, and a plain `kill` too, end up in the `except KeyboardInterrupt` below.
     previous = {s: signal.signal(s, signal.default_int_handler) for s in (signal.SIGINT, signal.SIGTERM)}
     print(f"demo: {len(stages)} stages, {len(todo)} to run, up to {jobs} at a time; estimated "
@@ -343,8 +462,7 @@ def run_stages(stages, runs, start, jobs=1):
             ready = [st for st in todo if all(os.path.exists(f) and f not in busy for f in st.needs)]
             for st in ready[:jobs - len(running)]:
                 todo.remove(st)
-                alone = not running and len(ready) == 1
-                threads = cpus if alone else max(1, cpus // jobs)
+                threads = STAGE_THREADS
                 with lock:
                     print(f"\n[{numbers[id(st)]}/{len(stages)}] {st.title} | elapsed "
                           f"{format_duration(time.time() - start)} | estimate {format_duration(st.seconds)}, "
@@ -427,69 +545,101 @@ def measure(runs, s: Sizing, timing_runs):
     low = finetune.train_subset(train, s.low_hours)
     hours = {"low": sum(u.num_samples for u in low) / data.SAMPLE_RATE / 3600,
              "high": sum(u.num_samples for u in train) / data.SAMPLE_RATE / 3600}
-    rows, models = [], {}
+    rows, models, words = [], {}, None
     for row in ROWS:
-        wer, cer = {}, {}
+        wer, cer, errors = {}, {}, {}
         for budget in ("low", "high"):
             ctc = finetune.load_ctc(f"{runs}/ctc/{row.name}-{budget}/best.pt")
             wer[budget], pairs = finetune.evaluate(ctc, test, torch.device("cpu"), s.batch_seconds,
                                                    desc=f"test WER {row.name} ({budget})")
-            cer[budget] = 100.0 * jiwer.cer(*([finetune.normalize_for_wer(p[i]) for p in pairs] for i in (1, 2)))
+            refs, hyps = ([finetune.normalize_for_wer(p[i]) for p in pairs] for i in (1, 2))
+            cer[budget] = 100.0 * jiwer.cer(refs, hyps)
+            words, errors[budget] = word_errors(refs, hyps)
         models[row.name] = ctc.eval()
         rows.append({"name": row.name, "label": row.label, "preset": row.preset,
-                     "params_M": model.count_parameters(ctc.encoder) / 1e6, "wer": wer, "cer": cer})
+                     "params_M": model.count_parameters(ctc.encoder) / 1e6, "wer": wer, "cer": cer,
+                     "errors": errors, "examples": [list(p) for p in pairs[:3]]})
     batch = data.collate([data.AudioDataset(test)[i] for i in range(min(8, len(test)))])
     ms = time_models(models, batch["waves"], batch["lengths"], timing_runs)
     for r in rows:
         r["cpu_ms"], r["time_ratio"] = ms[r["name"]], ms[r["name"]] / ms["teacher"]
     batch_audio = batch["lengths"].sum().item() / data.SAMPLE_RATE
-    return rows, hours, batch_audio
+    return rows, hours, batch_audio, words
 
 
-def claims(rows, tie=2.0, ceiling=95.0):
-    """The paper's qualitative claims, checked on the table: [(claim, verdict, evidence)].
-    A WER difference within `tie` points is a tie: one seed, no error bars, and two D&T students
-    that differ only by a negligible loss term (dt, dt-disc at tau 1) land ~2 points apart. Two
-    WERs both at or above `ceiling` carry no signal (models still at the all-blank output)."""
+def word_errors(refs, hyps):
+    """Per utterance: (reference word counts, word errors = substitutions + deletions + insertions);
+    WER = sum(errors) / sum(words)."""
+    out = jiwer.process_words(refs, [h if h else "" for h in hyps])
+    errors = [sum(max(c.ref_end_idx - c.ref_start_idx, c.hyp_end_idx - c.hyp_start_idx)
+                  for c in chunks if c.type != "equal") for chunks in out.alignments]
+    return [len(r.split()) for r in refs], errors
+
+
+def bootstrap_ci(diff_fn, n, resamples=1000, seed=0, level=0.95):
+    """Paired bootstrap over test utterances: the `level` interval of diff_fn(index) over
+    `resamples` draws of n utterances with replacement (Koehn 2004; Bisani & Ney 2004)."""
+    rng = np.random.default_rng(seed)
+    draws = sorted(diff_fn(rng.integers(0, n, n)) for _ in range(resamples))
+    tail = (1 - level) / 2
+    return draws[int(tail * resamples)], draws[int((1 - tail) * resamples) - 1]
+
+
+def claims(rows, words, ceiling=95.0, margin=2.0):
+    """The paper's qualitative claims, decided on the test set: [(claim, verdict, evidence)].
+    Each compares WERs of two rows on the same utterances; the verdict reads the 95% paired
+    bootstrap interval of the difference: "holds" when it lies wholly on the claimed side of 0,
+    "does not hold" when wholly on the other, "undecided" when it spans 0. Two WERs both at or
+    above `ceiling` carry no signal (models still at the all-blank output)."""
     r = {x["name"]: x for x in rows}
+    words = np.asarray(words)
+    err = lambda name, budget: np.asarray(r[name]["errors"][budget])
+    wer = lambda e, i: 100.0 * e[i].sum() / max(1, words[i].sum())
+    everything = np.arange(len(words))
 
-    def compare(a, b, budget):  # does a beat b?
-        wa, wb = r[a]["wer"][budget], r[b]["wer"][budget]
-        if min(wa, wb) >= ceiling:
-            return "no signal"
-        return "holds" if wb - wa > tie else "does not hold" if wa - wb > tie else "tie"
+    def interval(diff):  # diff(index) -> WER points; (point estimate, low, high)
+        return (diff(everything), *bootstrap_ci(diff, len(words)))
 
-    def wers(a, b, budget):
-        return f"{r[a]['wer'][budget]:.1f} vs {r[b]['wer'][budget]:.1f} WER"
+    def verdict(point_low_high, better_below=0.0):
+        _, lo, hi = point_low_high
+        return "holds" if hi < better_below else "does not hold" if lo > better_below else "undecided"
+
+    def beats(a, b, budget):  # does a have a lower WER than b?
+        ea, eb = err(a, budget), err(b, budget)
+        ci = interval(lambda i: wer(ea, i) - wer(eb, i))
+        v = "no signal" if min(r[a]["wer"][budget], r[b]["wer"][budget]) >= ceiling else verdict(ci)
+        return v, (f"{r[a]['wer'][budget]:.1f} vs {r[b]['wer'][budget]:.1f} WER, difference {ci[0]:+.1f} "
+                   f"[{ci[1]:+.1f}, {ci[2]:+.1f}]")
 
     out = []
     for name in ("sw", "dt", "dt-disc", "dt-fbank"):
         out.append((f"distillation helps at the low label budget: {r[name]['label']} vs from scratch",
-                    compare(name, "scratch", "low"), wers(name, "scratch", "low")))
+                    *beats(name, "scratch", "low")))
     for budget in ("low", "high"):
-        out.append((f"D&T beats S&W at a similar size ({budget} budget)", compare("dt", "sw", budget),
-                    f"{wers('dt', 'sw', budget)}, {r['dt']['params_M']:.2f}M vs {r['sw']['params_M']:.2f}M"))
+        v, ev = beats("dt", "sw", budget)
+        out.append((f"D&T beats S&W at a similar size ({budget} budget)", v,
+                    f"{ev}, {r['dt']['params_M']:.2f}M vs {r['sw']['params_M']:.2f}M"))
     for budget in ("low", "high"):
-        out.append((f"the discriminative loss helps ({budget} budget)", compare("dt-disc", "dt", budget),
-                    wers("dt-disc", "dt", budget)))
-    gain = {b: r["dt"]["wer"][b] - r["dt-disc"]["wer"][b] for b in ("low", "high")}
-    verdict = ("no signal" if "no signal" in (compare("dt-disc", "dt", "low"), compare("dt-disc", "dt", "high"))
-               else "holds" if gain["low"] - gain["high"] > tie
-               else "does not hold" if gain["high"] - gain["low"] > tie else "tie")
-    out.append(("the discriminative loss helps most at the low budget", verdict,
-                f"gain {gain['low']:+.1f} (low) vs {gain['high']:+.1f} (high) WER points"))
+        out.append((f"the discriminative loss helps ({budget} budget)", *beats("dt-disc", "dt", budget)))
+    # gain at a budget = WER(dt) - WER(dt-disc); helps most at low: gain(low) - gain(high) > 0
+    gain = lambda budget, i: wer(err("dt", budget), i) - wer(err("dt-disc", budget), i)
+    ci = interval(lambda i: gain("high", i) - gain("low", i))
+    out.append(("the discriminative loss helps most at the low budget", verdict(ci),
+                f"gain {gain('low', everything):+.1f} (low) vs {gain('high', everything):+.1f} (high) WER points, "
+                f"high minus low {ci[0]:+.1f} [{ci[1]:+.1f}, {ci[2]:+.1f}]"))
     cut = 1 - r["dt-fbank"]["params_M"] / r["dt"]["params_M"]
     speed = r["dt"]["cpu_ms"] / r["dt-fbank"]["cpu_ms"]
     out.append(("Fbank front-end: ~17% fewer parameters", "holds" if 0.1 <= cut <= 0.25 else "does not hold",
                 f"{100 * cut:.0f}% fewer than D&T"))
     out.append(("Fbank front-end: ~2x faster inference", "holds" if speed >= 1.6 else "does not hold",
                 f"{speed:.2f}x faster than D&T on CPU"))
-    costs = {b: r["dt-fbank"]["wer"][b] - r["dt"]["wer"][b] for b in ("low", "high")}
-    signal = [b for b in costs if min(r["dt-fbank"]["wer"][b], r["dt"]["wer"][b]) < ceiling]
-    verdict = ("no signal" if not signal else "holds" if max(costs[b] for b in signal) <= tie
-               else "does not hold")
-    out.append(("Fbank front-end: marginal WER cost (within 2 points)", verdict,
-                f"{costs['low']:+.1f} (low), {costs['high']:+.1f} (high) WER points vs D&T"))
+    for budget in ("low", "high"):
+        ef, ed = err("dt-fbank", budget), err("dt", budget)
+        ci = interval(lambda i: wer(ef, i) - wer(ed, i))
+        v = ("no signal" if min(r["dt-fbank"]["wer"][budget], r["dt"]["wer"][budget]) >= ceiling
+             else verdict(ci, better_below=margin))
+        out.append((f"Fbank front-end: marginal WER cost, under {margin:g} points ({budget} budget)", v,
+                    f"cost {ci[0]:+.1f} [{ci[1]:+.1f}, {ci[2]:+.1f}] WER points vs D&T"))
     return out
 
 
@@ -504,40 +654,49 @@ def markdown(result):
         cer = r.get("cer", {})  # results written before CER was measured have none
         err = lambda b: f"{r['wer'][b]:.1f}" + (f" ({cer[b]:.1f})" if b in cer else "")
         lines.append(f"| {r['label']} | {r['params_M']:.2f} | {r['time_ratio']:.2f} | {err('low')} | {err('high')} |")
+    t = result.get("teacher", {})
     lines += ["", f"Toy corpus {s['hours']:g} h (train {h['high']:.2f} h; dev and test voices held out). Teacher "
-              f"{s['teacher']} pre-trained {s['teacher_steps']} steps; students distilled {s['distill_steps']} "
-              f"steps; CTC {s['finetune_steps']} steps per model and budget; batches of {s['batch_seconds']:g} s; "
-              f"greedy decoding; best dev checkpoint. Parameters: encoder (CTC head not counted). CPU time: "
-              f"median forward time on {result['timing']['audio_seconds']:.0f} s of test audio, "
-              f"{result['timing']['threads']} threads, all models side by side in one process.", "",
-              "Paper's claims, checked automatically (a WER difference within 2 points is a tie; two WERs both "
-              "at or above 95 carry no signal):", ""]
+              f"{s['teacher']} pre-trained {t.get('steps', '?')} steps on a 4 h toy corpus of its own (shipped, "
+              f"`teacher/RECORD.md`; masked-unit accuracy {100 * t.get('acc_m', float('nan')):.1f}%); students "
+              f"distilled {s['distill_steps']} steps; CTC {s['finetune_steps']} steps per model and budget (from "
+              f"scratch: {s['finetune_steps'] + s['distill_steps']}, as many updates as distillation + CTC); "
+              f"batches of {s['batch_seconds']:g} s; greedy decoding; best dev checkpoint. Parameters: encoder "
+              f"(CTC head not counted). CPU time: median forward time on {result['timing']['audio_seconds']:.0f} s "
+              f"of test audio, {result['timing']['threads']} threads, all models side by side in one process.", "",
+              f"Paper's claims, decided on the {result['test_utterances']} test utterances: WER difference "
+              f"[95% paired bootstrap interval]; a claim holds when the interval lies on its side of 0, "
+              f"is undecided when it spans 0; two WERs both at or above 95 carry no signal:", ""]
     lines += [f"- {claim}: **{verdict}** ({evidence})" for claim, verdict, evidence in result["claims"]]
+    lines += ["", "First test utterances, reference / hypothesis (larger label budget):", ""]
+    for r in result["rows"]:
+        for _, ref, hyp in r.get("examples", [])[:2]:
+            lines.append(f"- {r['name']}: `{ref}` / `{hyp}`")
     return "\n".join(lines) + "\n"
 
 
 def plot(result, path):
-    """WER vs parameters, one marker per model and budget; skipped without matplotlib."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print(f"note: no plot ({path}): pip install matplotlib", flush=True)
-        return
-    fig, ax = plt.subplots(figsize=(6, 4))
+    """WER vs parameters and vs CPU time, one marker per model and label budget."""
+    import matplotlib
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     h = result["label_hours"]
-    for budget, marker in (("low", "o"), ("high", "s")):
-        xs = [r["params_M"] for r in result["rows"]]
-        ys = [r["wer"][budget] for r in result["rows"]]
-        ax.scatter(xs, ys, marker=marker, label=f"{60 * h[budget]:.0f} min labels")
-        for r, x, y in zip(result["rows"], xs, ys):
-            ax.annotate(r["name"], (x, y), textcoords="offset points", xytext=(4, 2), fontsize=7)
-    ax.set_xlabel("encoder parameters (M)")
-    ax.set_ylabel("test WER (%)")
-    ax.legend()
+    for ax, key, xlabel in ((axes[0], "params_M", "encoder parameters (M)"),
+                            (axes[1], "time_ratio", "CPU inference time vs the teacher")):
+        for budget, marker in (("low", "o"), ("high", "s")):
+            xs = [r[key] for r in result["rows"]]
+            ys = [r["wer"][budget] for r in result["rows"]]
+            ax.scatter(xs, ys, marker=marker, label=f"{60 * h[budget]:.0f} min labels")
+            for r, x, y in zip(result["rows"], xs, ys):
+                ax.annotate(r["name"], (x, y), textcoords="offset points", xytext=(4, 2), fontsize=7)
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("test WER (%)")
+    axes[0].legend()
+    fig.suptitle(f"{result['command']} on {result['machine']}, {result['date']}", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
     print(f"wrote {path}", flush=True)
 
 
@@ -568,17 +727,21 @@ def main(args):
         return
     if args.jobs < 1:
         raise SystemExit("error: --jobs must be at least 1")
+    if args.make_teacher:
+        return make_teacher(args)
     start = time.time()
+    record = check_teacher()
     runs, s = args.runs or os.path.join("runs", name), sizing_for(args)
-    settings = {**asdict(s), "teacher": TEACHER, "rows": [asdict(r) for r in ROWS], "distill": DISTILL,
-                "finetune": FINETUNE}
+    settings = {**asdict(s), "teacher": TEACHER, "teacher_sha256": file_sha256(SHIPPED_TEACHER),
+                "rows": [asdict(r) for r in ROWS], "distill": DISTILL, "finetune": FINETUNE}
     check_settings(runs, settings)
     stages = plan(runs, s)
     times = run_stages(stages, runs, start, args.jobs)
 
     print(f"\n[results] test WER and CPU time | elapsed {format_duration(time.time() - start)}", flush=True)
     t0 = time.time()
-    rows, hours, batch_audio = measure(runs, s, args.timing_runs)
+    torch.set_num_threads(MEASURE_THREADS)
+    rows, hours, batch_audio, words = measure(runs, s, args.timing_runs)
     t = TEACHER
     result = {
         "command": shlex.join(["python", "demo.py", *sys.argv[1:]]),
@@ -586,11 +749,12 @@ def main(args):
         "date": datetime.date.today().isoformat(), "torch": torch.__version__,
         "wall_seconds": wall_seconds(runs) + time.time() - t0, "stage_seconds": times,
         "settings": {**asdict(s), "teacher": f"{t['layers']}x{t['dim']} (FFN {t['ffn']})"},
-        "label_hours": hours,
+        "teacher": {"steps": record["training"]["max_steps"], **record.get("final", {})},
+        "label_hours": hours, "test_utterances": len(words), "test_words": words,
         "timing": {"threads": torch.get_num_threads(), "audio_seconds": batch_audio, "runs": args.timing_runs},
         "rows": rows,
     }
-    result["claims"] = claims(rows)
+    result["claims"] = claims(rows, words)
     os.makedirs(args.results, exist_ok=True)
     base = os.path.join(args.results, name)
     with open(base + ".json", "w") as f:

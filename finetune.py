@@ -62,6 +62,10 @@ def parse_args(argv=None):
     g.add_argument("--batch-seconds", type=float, default=32.0,
                    help="padded audio per batch, seconds (fairseq: max_tokens 3.2M samples = 200 s)")
     g.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
+    g.add_argument("--cache-frontend", action=argparse.BooleanOptionalAction, default=False,
+                   help="keep the frozen CNN's output of each training utterance in memory after its first use "
+                        "(small sets seen for many epochs; ~frames x CNN channels x 4 bytes, 1 h at 512 channels: "
+                        "~370 MB); see FrontendCache")
     g = p.add_argument_group("model (fairseq base_10h values)")
     g.add_argument("--init", help="student.pt from distill.py, or any teacher source (fine-tune HuBERT itself)")
     g.add_argument("--final-dropout", type=float, default=0.0, help="dropout before the CTC head")
@@ -375,6 +379,33 @@ def load_train_set(args, rank):
     return utterances
 
 
+class FrontendCache:
+    """The frozen CNN front-end's output of each training utterance, computed once, on first use.
+
+    Fine-tuning never trains the front-end (fairseq's recipe) and a small labelled set is seen for
+    many epochs, so running the CNN on the same audio every step repeats the same work (the
+    demo's toy D&T student spends ~24% of a fine-tuning step in its CNN). Each utterance is
+    computed alone, without padding: with HuBERT Base's GroupNorm CNN its features differ a little
+    from those in a padded batch (see the README's "Padding and GroupNorm"), the same for every
+    epoch. Only CNN front-ends: the Fbank front-end's dropout and SpecAugment differ every step."""
+
+    def __init__(self, encoder):
+        if encoder.config.frontend != "cnn":
+            raise ValueError("--cache-frontend: only CNN front-ends (the Fbank front-end has dropout/SpecAugment)")
+        self.encoder, self.store = encoder, {}
+
+    @torch.no_grad()
+    def __call__(self, batch, device):
+        """The batch's front-end output (feats [B, T, C], frame_lengths [B]), padded with zeros."""
+        for uid, wave, n in zip(batch["ids"], batch["waves"], batch["lengths"].tolist()):
+            if uid not in self.store:
+                feats, _ = self.encoder.features(wave[None, :n].to(device), torch.tensor([n], device=device))
+                self.store[uid] = feats[0].float()  # (T, C)
+        feats = [self.store[uid] for uid in batch["ids"]]
+        frame_lengths = torch.tensor([len(f) for f in feats], device=device)
+        return nn.utils.rnn.pad_sequence(feats, batch_first=True), frame_lengths
+
+
 def train(args):
     device, rank, world = setup(args)
     start_run(args, rank)
@@ -447,7 +478,8 @@ def train(args):
 
     batches = batch_stream(loader, sampler, data_state)
     logger = Logger(args.out_dir, args.max_steps, rank)
-    last_log = step
+    cache = FrontendCache(ctc.encoder) if args.cache_frontend else None
+    last_log, interval_loss = step, 0.0  # the logged loss is the mean over the steps since the last line
     stop_at = min(args.max_steps, step + args.stop_after) if args.stop_after else args.max_steps
     with GracefulStop() as stopper:
         while step < stop_at:
@@ -468,8 +500,9 @@ def train(args):
                 waves, lengths = batch["waves"].to(device), batch["lengths"].to(device)
                 targets, target_lengths = batch["targets"].to(device), batch["target_lengths"].to(device)
                 with no_sync_unless(net, last=micro == args.grad_accum - 1):
+                    features = cache(batch, device) if cache else None
                     with autocast(device, args.precision):
-                        log_probs, frame_lengths = net(waves, lengths)
+                        log_probs, frame_lengths = net(waves, lengths, features)
                     # fairseq's ctc criterion with sentence_avg: summed over frames, averaged over utterances
                     loss = torch.nn.functional.ctc_loss(
                         log_probs.float().transpose(0, 1), targets.clamp(min=0), frame_lengths, target_lengths,
@@ -487,10 +520,11 @@ def train(args):
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
             step += 1
+            interval_loss += loss_sum
             if step % args.log_every == 0 or step == args.max_steps:
-                logger.log(step, step - last_log, ctc=loss_sum, grad_norm=float(grad_norm),
+                logger.log(step, step - last_log, ctc=interval_loss / (step - last_log), grad_norm=float(grad_norm),
                            frozen=float(frozen), lr=lr)
-                last_log = step
+                last_log, interval_loss = step, 0.0
             if valid_utts and (step % args.eval_every == 0 or step == args.max_steps):
                 try:  # every rank decodes a share
                     wer, _ = evaluate(ctc, valid_utts, device, args.batch_seconds, rank=rank, world=world)

@@ -121,11 +121,16 @@ class Encoder(nn.Module):
         elif c.frontend != "cnn":
             raise ValueError(f"unknown front-end {c.frontend!r}; choose 'cnn' or 'fbank'")
 
-    def frontend(self, waves, lengths):
-        """(waves [B, S], lengths [B]) -> transformer input [B, T, D] (padding zeroed), frame_lengths [B]."""
+    def features(self, waves, lengths):
+        """The front-end alone (CNN or Fbank): (waves [B, S], lengths [B]) -> (feats [B, T, C], frame_lengths [B])."""
         if self.config.normalize_waveform:
             waves = normalize_waveform(waves, lengths)
-        feats, frame_lengths = self.feature_extractor(waves, lengths)
+        return self.feature_extractor(waves, lengths)
+
+    def frontend(self, waves, lengths, features=None):
+        """(waves [B, S], lengths [B]) -> transformer input [B, T, D] (padding zeroed), frame_lengths [B].
+        features: the front-end's output (feats, frame_lengths) when already computed (finetune.py's cache)."""
+        feats, frame_lengths = features if features is not None else self.features(waves, lengths)
         x, _ = self.encoder._preprocess(feats, frame_lengths)  # projection, zeroes padded frames
         return x, frame_lengths
 
@@ -492,9 +497,9 @@ class CTCModel(nn.Module):
             x = x.masked_fill(channels[:, None, :], 0.0)
         return x
 
-    def forward(self, waves, lengths):
-        """(waves [B, S], lengths [B]) -> (log-probs [B, T, V], frame_lengths [B])."""
-        x, frame_lengths = self.encoder.frontend(waves, lengths)  # (B, T, D)
+    def forward(self, waves, lengths, features=None):
+        """(waves [B, S], lengths [B]) -> (log-probs [B, T, V], frame_lengths [B]); features: see Encoder.frontend."""
+        x, frame_lengths = self.encoder.frontend(waves, lengths, features)  # (B, T, D)
         if self.training:
             x = self.apply_mask(x, frame_lengths)
         hidden, frame_lengths = self.encoder.transformer_layers(x, frame_lengths)

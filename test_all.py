@@ -20,6 +20,7 @@ import sys
 import time
 import types
 
+import jiwer
 import numpy as np
 import pytest
 import soundfile as sf
@@ -1618,6 +1619,11 @@ def test_tri_stage_lr_matches_fairseq_at_stage_boundaries():
     assert lr(1000) == pytest.approx(5e-5)                # final_lr_scale 0.05
     assert lr(5000) == pytest.approx(5e-5)                # and constant after
     assert all(lr(s) >= lr(s + 1) for s in range(500, 1100))
+    # the demo's few hundred steps give the stages as shares, not base_10h's 8000-step warm-up
+    for stage in (st for st in demo.plan("R", demo.SIZINGS["full"]) if st.argv[0] == "finetune.py"):
+        toy = finetune.parse_args(stage.argv[1:])
+        n = toy.max_steps
+        assert (toy.warmup_steps, toy.hold_steps, toy.decay_steps) == (n // 10, n * 4 // 10, n // 2)
 
 
 def test_max_train_hours_subset_is_deterministic_nested_and_within_budget():
@@ -1692,6 +1698,56 @@ def test_finetuning_keeps_encoder_frozen_then_trains_it_never_the_frontend(ft_co
     assert trained["config"]["layerdrop"] == 0.0 and frozen["config"]["layerdrop"] == 0.1
     assert re.search(r"dev WER \d+\.\d\d", capsys.readouterr().out)
     assert os.path.isfile(tmp_path / "b" / "best.pt")
+
+
+def test_frontend_cache_computes_each_utterance_once_and_equals_the_padded_batch_for_layer_norm_cnns(
+        ft_corpus, monkeypatch):
+    encoder = ft_encoder(extractor_mode="layer_norm").eval()  # padding-invariant CNN: cache == batch exactly
+    utts = data.load_corpus([ft_corpus[0]])
+    loader, _ = data.make_loader(utts, 4.0, shuffle=True, seed=0)
+    cache = finetune.FrontendCache(encoder)
+    for batch in loader:
+        feats, frame_lengths = cache(batch, torch.device("cpu"))
+        with torch.no_grad():
+            ref, ref_lengths = encoder.features(batch["waves"], batch["lengths"])
+        assert torch.equal(frame_lengths, ref_lengths)
+        real = ~model.padding_mask(frame_lengths, feats.shape[1])
+        assert torch.allclose(feats[real], ref[:, :feats.shape[1]][real], atol=1e-5)
+        assert (feats[~real] == 0).all()
+    assert len(cache.store) == len(utts)
+    monkeypatch.setattr(encoder, "features", lambda *a: pytest.fail("recomputed a cached utterance"))
+    for batch in loader:  # a second epoch comes from memory
+        cache(batch, torch.device("cpu"))
+    with pytest.raises(ValueError, match="only CNN front-ends"):
+        finetune.FrontendCache(model.Encoder(model.EncoderConfig(frontend="fbank", dim=32, layers=1, heads=2,
+                                                                 ffn=32, pos_conv_kernel=8, pos_conv_groups=4)))
+
+
+def test_finetuning_with_the_frontend_cache_trains_the_same_model(ft_corpus, tmp_path):
+    path = str(tmp_path / "ln_student.pt")
+    model.save_checkpoint(model.encoder_checkpoint(ft_encoder(extractor_mode="layer_norm"), "student",
+                                                   preset="tiny"), path)
+    plain = ft_run(ft_corpus, path, tmp_path / "plain", "--max-steps", "3", "--freeze-steps", "1")
+    cached = ft_run(ft_corpus, path, tmp_path / "cached", "--max-steps", "3", "--freeze-steps", "1",
+                    "--cache-frontend")
+    read = lambda d: [r["ctc"] for r in map(json.loads, open(tmp_path / d / "log.jsonl")) if "ctc" in r]
+    assert read("cached") == pytest.approx(read("plain"), rel=1e-4)
+    # The trained models agree in what they compute (their weights agree up to float noise, which
+    # Adam magnifies where gradients are ~0, e.g. attention key biases).
+    batch = data.collate([data.AudioDataset(data.load_corpus([ft_corpus[1]]))[i] for i in range(3)])
+    outputs = [finetune.ctc_from_checkpoint(c, "x").eval()(batch["waves"], batch["lengths"])[0]
+               for c in (plain, cached)]
+    assert (outputs[0] - outputs[1]).abs().max() < 1e-3
+
+
+def test_logged_ctc_loss_is_the_mean_over_the_log_interval(ft_corpus, ft_student, tmp_path):
+    ft_run(ft_corpus, ft_student, tmp_path / "every", "--max-steps", "4", "--freeze-steps", "1")
+    ft_run(ft_corpus, ft_student, tmp_path / "pairs", "--max-steps", "4", "--freeze-steps", "1", "--log-every", "2")
+    read = lambda d: [r for r in map(json.loads, open(tmp_path / d / "log.jsonl")) if "ctc" in r]
+    every, pairs = read("every"), read("pairs")
+    assert [r["step"] for r in pairs] == [2, 4]
+    for k, r in enumerate(pairs):
+        assert r["ctc"] == pytest.approx((every[2 * k]["ctc"] + every[2 * k + 1]["ctc"]) / 2, rel=1e-5)
 
 
 def test_eval_prints_wer_per_set_and_writes_hypotheses(ft_corpus, tmp_path, capsys):
@@ -2239,6 +2295,17 @@ def test_bench_counts_cpu_attention_flops():
 README section replacement, the toy presets' proportions, the from-scratch student."""
 
 
+DEMO_TEST_UTTERANCES, DEMO_WORDS_PER_UTTERANCE = 200, 10
+
+
+def fake_word_errors(wer, seed):
+    """Per-utterance word errors of DEMO_TEST_UTTERANCES utterances whose total gives `wer` (%),
+    spread at random over the utterances as a real model's are."""
+    total = round(wer / 100 * DEMO_TEST_UTTERANCES * DEMO_WORDS_PER_UTTERANCE)
+    rng = np.random.default_rng(seed)
+    return np.bincount(rng.integers(0, DEMO_TEST_UTTERANCES, total), minlength=DEMO_TEST_UTTERANCES).tolist()
+
+
 def demo_result(**wer):
     """A fake demo result; wer: name -> (low, high)."""
     base = {"teacher": (40.0, 20.0), "scratch": (95.0, 60.0), "sw": (70.0, 40.0), "dt": (60.0, 35.0),
@@ -2249,11 +2316,15 @@ def demo_result(**wer):
     rows = [{"name": r.name, "label": r.label, "preset": r.preset, "params_M": params[r.name],
              "cpu_ms": ms[r.name], "time_ratio": ms[r.name] / 100.0,
              "wer": {"low": base[r.name][0], "high": base[r.name][1]},
-             "cer": {"low": base[r.name][0] / 3, "high": base[r.name][1] / 3}} for r in demo.ROWS]
+             "errors": {b: fake_word_errors(base[r.name][k], seed=(k, i)) for k, b in enumerate(("low", "high"))},
+             "examples": [["1-1-0001", "A CAT", "A CAT"]],
+             "cer": {"low": base[r.name][0] / 3, "high": base[r.name][1] / 3}} for i, r in enumerate(demo.ROWS)]
+    words = [DEMO_WORDS_PER_UTTERANCE] * DEMO_TEST_UTTERANCES
     return {"command": "python demo.py", "machine": "x86_64, 2 CPUs", "date": "2025-01-01", "wall_seconds": 2400,
             "settings": {**vars(demo.SIZINGS["full"]), "teacher": "12x160 (FFN 640)"},
+            "teacher": {"steps": 3000, "acc_m": 0.5}, "test_utterances": len(words),
             "label_hours": {"low": 0.1, "high": 1.0}, "timing": {"threads": 2, "audio_seconds": 30.0, "runs": 5},
-            "rows": rows, "claims": demo.claims(rows)}
+            "rows": rows, "claims": demo.claims(rows, words)}
 
 
 def test_results_table_has_every_model_with_params_time_and_both_budgets():
@@ -2266,27 +2337,96 @@ def test_results_table_has_every_model_with_params_time_and_both_budgets():
     assert "`python demo.py` on x86_64, 2 CPUs, 2025-01-01: ran in 40m00s." in text
 
 
-def test_claims_compare_rows_with_a_tie_margin_and_no_signal_near_100_wer():
-    verdicts = {c: v for c, v, _ in demo.claims(demo_result(**{"dt-disc": (58.5, 35.0)})["rows"])}
-    assert verdicts["distillation helps at the low label budget: S&W student, regression vs from scratch"] == "holds"
-    assert verdicts["D&T beats S&W at a similar size (low budget)"] == "holds"
-    assert verdicts["the discriminative loss helps (low budget)"] == "tie"  # 1.5 points
+def demo_verdicts(**wer):
+    result = demo_result(**wer)
+    return {c: v for c, v, _ in result["claims"]}, {c: e for c, _, e in result["claims"]}
+
+
+def test_claims_are_decided_by_paired_bootstrap_intervals_and_no_signal_near_100_wer():
+    verdicts, evidence = demo_verdicts(**{"dt-disc": (58.5, 35.0)})
+    helps = "distillation helps at the low label budget: S&W student, regression vs from scratch"
+    assert verdicts[helps] == "holds"  # 70 vs 95
+    assert evidence[helps].startswith("70.0 vs 95.0 WER, difference -25.0 [")
+    assert verdicts["D&T beats S&W at a similar size (low budget)"] == "holds"  # 60 vs 70 over 2000 words
+    assert verdicts["the discriminative loss helps (low budget)"] == "undecided"  # 1.5 points: within the noise
     assert verdicts["Fbank front-end: ~17% fewer parameters"] == "holds"  # 18%
     assert verdicts["Fbank front-end: ~2x faster inference"] == "holds"  # 2.5x
-    worse = {c: v for c, v, _ in demo.claims(demo_result(scratch=(80.0, 60.0), sw=(85.0, 70.0))["rows"])}
-    assert worse["distillation helps at the low label budget: S&W student, regression vs from scratch"] == \
-        "does not hold"
-    blank = {c: v for c, v, _ in demo.claims(demo_result(scratch=(100.0, 99.0), sw=(96.0, 90.0))["rows"])}
-    assert blank["distillation helps at the low label budget: S&W student, regression vs from scratch"] == \
-        "no signal"  # both still (almost) all-blank
+    worse, _ = demo_verdicts(scratch=(70.0, 60.0), sw=(85.0, 70.0))
+    assert worse[helps] == "does not hold"
+    blank, _ = demo_verdicts(scratch=(100.0, 99.0), sw=(96.0, 90.0))
+    assert blank[helps] == "no signal"  # both still (almost) all-blank
+
+
+def test_paired_bootstrap_interval_is_tight_for_paired_errors_and_covers_the_difference():
+    rng = np.random.default_rng(0)
+    words = np.full(300, 10)
+    a = rng.integers(0, 6, 300)
+    b = a.copy()
+    b[:30] += 1  # b makes one more error on 30 of 300 utterances: +1.0 WER point, always
+    wer = lambda e, i: 100.0 * e[i].sum() / words[i].sum()
+    lo, hi = demo.bootstrap_ci(lambda i: wer(b, i) - wer(a, i), len(words))
+    assert 0.5 < lo <= 1.0 <= hi < 1.5  # paired: the utterance-to-utterance spread of a cancels out
+    independent = rng.permutation(b)
+    lo2, hi2 = demo.bootstrap_ci(lambda i: wer(independent, i) - wer(a, i), len(words))
+    assert hi2 - lo2 > 3 * (hi - lo)
+
+
+def test_word_errors_per_utterance_add_up_to_jiwers_wer():
+    refs = ["A CAT SAT", "THE DOG", "ONE TWO THREE FOUR"]
+    hyps = ["A CAT SAT DOWN", "", "ONE TOO THREE"]
+    words, errors = demo.word_errors(refs, hyps)
+    assert words == [3, 2, 4] and errors == [1, 2, 2]
+    assert sum(errors) / sum(words) == pytest.approx(jiwer.wer(refs, hyps))
+
+
+def test_plot_shows_wer_against_parameters_and_cpu_time(tmp_path):
+    path = tmp_path / "demo.png"
+    demo.plot(demo_result(), str(path))
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
 
 
 def test_settings_guard_refuses_to_mix_runs_of_other_sizes(tmp_path):
-    settings = {"hours": 1.25, "teacher_steps": 400}
+    settings = {"hours": 1.25, "distill_steps": 300}
     demo.check_settings(str(tmp_path), settings)
     demo.check_settings(str(tmp_path), dict(settings))  # same settings: fine
-    with pytest.raises(SystemExit, match="teacher_steps"):
-        demo.check_settings(str(tmp_path), {**settings, "teacher_steps": 800})
+    with pytest.raises(SystemExit, match="distill_steps"):
+        demo.check_settings(str(tmp_path), {**settings, "distill_steps": 800})
+
+
+def test_shipped_teacher_is_fp16_with_its_record_and_a_mismatched_one_is_refused(tmp_path, monkeypatch):
+    pretrain_dir, corpus = tmp_path / "pretrain", rel_write_corpus(str(tmp_path / "corpus" / "train"), utterances=2)
+    pretrain_dir.mkdir()
+    rel_teacher_checkpoint(pretrain_dir / "teacher.pt")
+    (pretrain_dir / "log.jsonl").write_text("".join(json.dumps({"step": k, "loss": 5.0 / k, "acc_m": 0.1 * k,
+                                                                "acc_u": 0.2 * k}) + "\n" for k in (1, 2, 3)))
+    shipped = str(tmp_path / "ship" / "toy-teacher.pt")
+    demo.ship_teacher(str(pretrain_dir), str(tmp_path / "corpus"), "python pretrain.py ...", out=shipped)
+    ckpt = model.load_checkpoint(shipped)
+    assert all(v.dtype == torch.float16 for v in ckpt["encoder"].values() if v.is_floating_point())
+    assert "targets" not in ckpt and ckpt["record"]["final"] == {"step": 3, "acc_m": 0.30000000000000004, "acc_u": 0.6000000000000001}
+    assert ckpt["record"]["corpus"]["espeak_ng"] and len(ckpt["record"]["corpus"]["train_sha256"]) == 64
+    original, loaded = model.load_teacher(str(pretrain_dir / "teacher.pt")), model.load_teacher(shipped)
+    waves, lengths = torch.randn(1, 4000), torch.tensor([4000])
+    assert loaded.config == original.config and loaded.head is not None
+    h_orig, h_ship = original(waves, lengths)[0][-1], loaded(waves, lengths)[0][-1]
+    assert h_ship.dtype == torch.float32 and (h_ship - h_orig).abs().max() < 0.05 * h_orig.abs().max()
+    assert "| 3 | 1.667 | 0.300 | 0.600 |" in (tmp_path / "ship" / "RECORD.md").read_text()
+    assert demo.check_teacher(shipped)["command"] == "python pretrain.py ..."
+    monkeypatch.setitem(demo.TEACHER_TRAINING, "max_steps", 4000)
+    with pytest.raises(SystemExit, match=r"training max_steps: file 3000, demo.py 4000.*make teacher"):
+        demo.check_teacher(shipped)
+    with pytest.raises(SystemExit, match="no toy teacher at .*make teacher"):
+        demo.check_teacher(str(tmp_path / "missing.pt"))
+
+
+def test_the_shipped_toy_teacher_matches_demo_py_and_loads():
+    record = demo.check_teacher()
+    teacher = model.load_teacher(demo.SHIPPED_TEACHER)
+    c = teacher.config
+    assert (c.layers, c.dim, c.ffn, c.heads, c.conv_layers[0][0]) == tuple(demo.TEACHER[k] for k in
+                                                                          ("layers", "dim", "ffn", "heads", "conv_dim"))
+    assert teacher.head is not None and record["final"]["step"] == demo.TEACHER_TRAINING["max_steps"]
+    assert os.path.getsize(demo.SHIPPED_TEACHER) < 10e6
 
 
 def test_finished_stages_are_skipped_and_interrupted_ones_resume(tmp_path, capsys):
@@ -2351,13 +2491,18 @@ def test_a_failed_stage_stops_the_demo_naming_it(tmp_path):
 def test_plan_scales_steps_and_gives_the_low_budget_to_low_runs_only():
     args = demo.parse_args(["--quick", "--steps", "2"])
     s = demo.sizing_for(args)
-    assert s.teacher_steps == 2 * demo.SIZINGS["quick"].teacher_steps
+    assert s.distill_steps == 2 * demo.SIZINGS["quick"].distill_steps
     assert demo.run_name(args) == "demo-quick-x2"
     stages = demo.plan("R", s)
-    assert len(stages) == 2 + (len(demo.ROWS) - 1) + 2 * len(demo.ROWS)
+    assert len(stages) == 1 + (len(demo.ROWS) - 1) + 2 * len(demo.ROWS)  # corpus, distillations, CTC runs
     ctc = [st for st in stages if st.argv[0] == "finetune.py"]
     for st in ctc:
         assert ("--max-train-hours" in st.argv) == st.out_dir.endswith("-low")
+        steps = int(st.argv[st.argv.index("--max-steps") + 1])
+        from_scratch = "/scratch-" in st.out_dir  # as many updates as distillation + CTC
+        assert steps == s.finetune_steps + (s.distill_steps if from_scratch else 0)
+    teacher_ctc = next(st for st in ctc if st.out_dir == "R/ctc/teacher-low")
+    assert teacher_ctc.argv[teacher_ctc.argv.index("--init") + 1] == demo.SHIPPED_TEACHER
     scratch = next(st for st in stages if st.out_dir == "R/students/scratch")
     assert scratch.argv[scratch.argv.index("--max-steps") + 1] == "0"  # an untrained student
     fbank = next(st for st in stages if st.out_dir == "R/students/dt-fbank")
