@@ -73,11 +73,14 @@ class Sizing:
     hours: float            # corpus, hours of speech (80% train, 10% dev, 10% test)
     distill_steps: int      # distill.py optimizer steps per student
     frontend_steps: int     # Fbank student: first steps that train only its front-end (stage 1)
-    finetune_steps: int     # finetune.py optimizer steps per model and label budget
+    finetune_steps: int     # finetune.py optimizer steps per model, larger label budget
+    low_finetune_steps: int  # the same at the low label budget (a small set is learnt sooner)
     freeze_steps: int       # finetune.py: first steps that train only the CTC head
     low_hours: float        # the low label budget, hours of transcribed audio
     batch_seconds: float    # padded audio per batch, seconds (distillation and fine-tuning)
     eval_every: int         # finetune.py steps between dev WER evaluations (best.pt kept)
+    rows: tuple = None      # names of the ROWS to run (None: all)
+    budgets: tuple = ("low", "high")  # label budgets to fine-tune at
 
 
 # "full" fits 45 min on 2 CPU cores (rates in SPEED): the teacher about a quarter of it (400
@@ -86,10 +89,11 @@ class Sizing:
 # step-limited here, so the larger budget mostly buys variety, not more updates). "quick" runs
 # the same flow in ~3 min; its models stay at ~100% WER.
 SIZINGS = {
-    "full": Sizing(hours=1.25, distill_steps=300, frontend_steps=60,
-                   finetune_steps=300, freeze_steps=30, low_hours=0.1, batch_seconds=16.0, eval_every=100),
-    "quick": Sizing(hours=0.2, distill_steps=20, frontend_steps=5,
-                    finetune_steps=30, freeze_steps=3, low_hours=0.03, batch_seconds=8.0, eval_every=15),
+    "full": Sizing(hours=1.25, distill_steps=300, frontend_steps=60, finetune_steps=300, low_finetune_steps=300,
+                   freeze_steps=30, low_hours=0.1, batch_seconds=16.0, eval_every=100),
+    "quick": Sizing(hours=0.2, distill_steps=20, frontend_steps=5, finetune_steps=30, low_finetune_steps=30,
+                    freeze_steps=3, low_hours=0.03, batch_seconds=8.0, eval_every=15,
+                    rows=("teacher", "scratch", "sw"), budgets=("high",)),
 }
 
 # Toy-scale training flags. The CLIs' defaults are the paper's and fairseq's for 25k steps on
@@ -173,7 +177,7 @@ def sizing_for(args):
     s = SIZINGS["quick" if args.quick else "full"]
     scale = lambda n: max(1, round(n * args.steps))
     return replace(s, hours=args.hours if args.hours is not None else s.hours,
-                   distill_steps=scale(s.distill_steps),
+                   distill_steps=scale(s.distill_steps), low_finetune_steps=scale(s.low_finetune_steps),
                    frontend_steps=scale(s.frontend_steps), finetune_steps=scale(s.finetune_steps),
                    freeze_steps=scale(s.freeze_steps), eval_every=scale(s.eval_every))
 
@@ -207,6 +211,11 @@ def command(script, *positional, **flags):
     return argv
 
 
+def rows_of(s: Sizing):
+    """The ROWS a sizing runs, teacher first."""
+    return [r for r in ROWS if s.rows is None or r.name in s.rows]
+
+
 def plan(runs, s: Sizing, teacher=SHIPPED_TEACHER):
     """The stages of a run, in the order they start: the teacher's fine-tuning runs (the longest
     ones) start first, so that the runs left at the end are short. The from-scratch row gets as
@@ -216,7 +225,7 @@ def plan(runs, s: Sizing, teacher=SHIPPED_TEACHER):
     audio = lambda steps, batch=s.batch_seconds: steps * batch * PADDING  # seconds of audio trained on
     stages = [Stage("toy corpus", "corpus", command("data.py", "synth", out=corpus, hours=s.hours, seed=0),
                     f"{corpus}/synth.json", seconds=3600 * s.hours / SPEED["synth"])]
-    for row in ROWS[1:]:
+    for row in rows_of(s)[1:]:
         fbank = model.PRESETS[row.preset].config.get("frontend") == "fbank"
         flags = dict(max_steps=s.distill_steps, batch_seconds=s.batch_seconds,
                      log_every=log_every(s.distill_steps), seed=0, **DISTILL)
@@ -231,11 +240,12 @@ def plan(runs, s: Sizing, teacher=SHIPPED_TEACHER):
                             5 + audio(flags["max_steps"]) / SPEED["distill-fbank" if fbank else "distill"],
                             needs=(f"{corpus}/synth.json",)))
     ctc = []
-    for budget in ("low", "high"):
-        for row in ROWS:
+    for budget in s.budgets:
+        for row in rows_of(s):
             out = f"{runs}/ctc/{row.name}-{budget}"
             init = teacher if row.preset is None else f"{runs}/students/{row.name}/student.pt"
-            steps = s.finetune_steps + (s.distill_steps if row.name == "scratch" else 0)
+            steps = s.low_finetune_steps if budget == "low" else s.finetune_steps
+            steps += s.distill_steps if row.name == "scratch" else 0
             cnn = row.preset is None or model.PRESETS[row.preset].config.get("frontend", "cnn") == "cnn"
             flags = dict(max_steps=steps, freeze_steps=s.freeze_steps, batch_seconds=s.batch_seconds,
                          eval_every=s.eval_every, log_every=log_every(steps), seed=0, **FINETUNE,
@@ -545,10 +555,11 @@ def measure(runs, s: Sizing, timing_runs):
     low = finetune.train_subset(train, s.low_hours)
     hours = {"low": sum(u.num_samples for u in low) / data.SAMPLE_RATE / 3600,
              "high": sum(u.num_samples for u in train) / data.SAMPLE_RATE / 3600}
+    hours = {b: hours[b] for b in s.budgets}
     rows, models, words = [], {}, None
-    for row in ROWS:
+    for row in rows_of(s):
         wer, cer, errors = {}, {}, {}
-        for budget in ("low", "high"):
+        for budget in s.budgets:
             ctc = finetune.load_ctc(f"{runs}/ctc/{row.name}-{budget}/best.pt")
             wer[budget], pairs = finetune.evaluate(ctc, test, torch.device("cpu"), s.batch_seconds,
                                                    desc=f"test WER {row.name} ({budget})")
@@ -611,29 +622,36 @@ def claims(rows, words, ceiling=95.0, margin=2.0):
         return v, (f"{r[a]['wer'][budget]:.1f} vs {r[b]['wer'][budget]:.1f} WER, difference {ci[0]:+.1f} "
                    f"[{ci[1]:+.1f}, {ci[2]:+.1f}]")
 
+    budgets = list(rows[0]["errors"])
+    have = lambda *names: all(n in r for n in names)  # a quick run has only some rows (and budgets)
     out = []
     for name in ("sw", "dt", "dt-disc", "dt-fbank"):
-        out.append((f"distillation helps at the low label budget: {r[name]['label']} vs from scratch",
-                    *beats(name, "scratch", "low")))
-    for budget in ("low", "high"):
+        if have(name, "scratch"):
+            budget = "low" if "low" in budgets else budgets[0]
+            out.append((f"distillation helps at the {budget} label budget: {r[name]['label']} vs from scratch",
+                        *beats(name, "scratch", budget)))
+    for budget in budgets if have("dt", "sw") else []:
         v, ev = beats("dt", "sw", budget)
         out.append((f"D&T beats S&W at a similar size ({budget} budget)", v,
                     f"{ev}, {r['dt']['params_M']:.2f}M vs {r['sw']['params_M']:.2f}M"))
-    for budget in ("low", "high"):
+    for budget in budgets if have("dt-disc", "dt") else []:
         out.append((f"the discriminative loss helps ({budget} budget)", *beats("dt-disc", "dt", budget)))
-    # gain at a budget = WER(dt) - WER(dt-disc); helps most at low: gain(low) - gain(high) > 0
-    gain = lambda budget, i: wer(err("dt", budget), i) - wer(err("dt-disc", budget), i)
-    ci = interval(lambda i: gain("high", i) - gain("low", i))
-    out.append(("the discriminative loss helps most at the low budget", verdict(ci),
-                f"gain {gain('low', everything):+.1f} (low) vs {gain('high', everything):+.1f} (high) WER points, "
-                f"high minus low {ci[0]:+.1f} [{ci[1]:+.1f}, {ci[2]:+.1f}]"))
+    if have("dt-disc", "dt") and budgets == ["low", "high"]:
+        # gain at a budget = WER(dt) - WER(dt-disc); helps most at low: gain(low) - gain(high) > 0
+        gain = lambda budget, i: wer(err("dt", budget), i) - wer(err("dt-disc", budget), i)
+        ci = interval(lambda i: gain("high", i) - gain("low", i))
+        out.append(("the discriminative loss helps most at the low budget", verdict(ci),
+                    f"gain {gain('low', everything):+.1f} (low) vs {gain('high', everything):+.1f} (high) WER "
+                    f"points, high minus low {ci[0]:+.1f} [{ci[1]:+.1f}, {ci[2]:+.1f}]"))
+    if not have("dt-fbank", "dt"):
+        return out
     cut = 1 - r["dt-fbank"]["params_M"] / r["dt"]["params_M"]
     speed = r["dt"]["cpu_ms"] / r["dt-fbank"]["cpu_ms"]
     out.append(("Fbank front-end: ~17% fewer parameters", "holds" if 0.1 <= cut <= 0.25 else "does not hold",
                 f"{100 * cut:.0f}% fewer than D&T"))
     out.append(("Fbank front-end: ~2x faster inference", "holds" if speed >= 1.6 else "does not hold",
                 f"{speed:.2f}x faster than D&T on CPU"))
-    for budget in ("low", "high"):
+    for budget in budgets:
         ef, ed = err("dt-fbank", budget), err("dt", budget)
         ci = interval(lambda i: wer(ef, i) - wer(ed, i))
         v = ("no signal" if min(r["dt-fbank"]["wer"][budget], r["dt"]["wer"][budget]) >= ceiling
@@ -648,18 +666,19 @@ def markdown(result):
     h, s = result["label_hours"], result["settings"]
     lines = [f"`{result['command']}` on {result['machine']}, {result['date']}: ran in "
              f"{format_duration(result['wall_seconds'])}.", "",
-             f"| model | params (M) | CPU time vs teacher | test WER (CER), {60 * h['low']:.0f} min labels | "
-             f"test WER (CER), {60 * h['high']:.0f} min labels |", "|---|---:|---:|---:|---:|"]
+             "| model | params (M) | CPU time vs teacher | " + " | ".join(
+                 f"test WER (CER), {60 * h[b]:.0f} min labels" for b in h) + " |", "|---|---:|---:|" + "---:|" * len(h)]
     for r in result["rows"]:
-        cer = r.get("cer", {})  # results written before CER was measured have none
-        err = lambda b: f"{r['wer'][b]:.1f}" + (f" ({cer[b]:.1f})" if b in cer else "")
-        lines.append(f"| {r['label']} | {r['params_M']:.2f} | {r['time_ratio']:.2f} | {err('low')} | {err('high')} |")
+        err = " | ".join(f"{r['wer'][b]:.1f} ({r['cer'][b]:.1f})" for b in h)
+        lines.append(f"| {r['label']} | {r['params_M']:.2f} | {r['time_ratio']:.2f} | {err} |")
     t = result.get("teacher", {})
     lines += ["", f"Toy corpus {s['hours']:g} h (train {h['high']:.2f} h; dev and test voices held out). Teacher "
               f"{s['teacher']} pre-trained {t.get('steps', '?')} steps on a 4 h toy corpus of its own (shipped, "
               f"`teacher/RECORD.md`; masked-unit accuracy {100 * t.get('acc_m', float('nan')):.1f}%); students "
-              f"distilled {s['distill_steps']} steps; CTC {s['finetune_steps']} steps per model and budget (from "
-              f"scratch: {s['finetune_steps'] + s['distill_steps']}, as many updates as distillation + CTC); "
+              f"distilled {s['distill_steps']} steps; CTC " + " and ".join(
+                  f"{s[k]} steps ({60 * h[b]:.0f} min labels)" for b, k in
+                  (("low", "low_finetune_steps"), ("high", "finetune_steps")) if b in h) +
+              f" per model (from scratch: {s['distill_steps']} more, as many updates as distillation + CTC); "
               f"batches of {s['batch_seconds']:g} s; greedy decoding; best dev checkpoint. Parameters: encoder "
               f"(CTC head not counted). CPU time: median forward time on {result['timing']['audio_seconds']:.0f} s "
               f"of test audio, {result['timing']['threads']} threads, all models side by side in one process.", "",
@@ -667,7 +686,7 @@ def markdown(result):
               f"[95% paired bootstrap interval]; a claim holds when the interval lies on its side of 0, "
               f"is undecided when it spans 0; two WERs both at or above 95 carry no signal:", ""]
     lines += [f"- {claim}: **{verdict}** ({evidence})" for claim, verdict, evidence in result["claims"]]
-    lines += ["", "First test utterances, reference / hypothesis (larger label budget):", ""]
+    lines += ["", f"First test utterances, reference / hypothesis ({60 * h[list(h)[-1]]:.0f} min labels):", ""]
     for r in result["rows"]:
         for _, ref, hyp in r.get("examples", [])[:2]:
             lines.append(f"- {r['name']}: `{ref}` / `{hyp}`")
@@ -683,7 +702,7 @@ def plot(result, path):
     h = result["label_hours"]
     for ax, key, xlabel in ((axes[0], "params_M", "encoder parameters (M)"),
                             (axes[1], "time_ratio", "CPU inference time vs the teacher")):
-        for budget, marker in (("low", "o"), ("high", "s")):
+        for budget, marker in [(b, m) for b, m in (("low", "o"), ("high", "s")) if b in h]:
             xs = [r[key] for r in result["rows"]]
             ys = [r["wer"][budget] for r in result["rows"]]
             ax.scatter(xs, ys, marker=marker, label=f"{60 * h[budget]:.0f} min labels")
@@ -733,7 +752,7 @@ def main(args):
     record = check_teacher()
     runs, s = args.runs or os.path.join("runs", name), sizing_for(args)
     settings = {**asdict(s), "teacher": TEACHER, "teacher_sha256": file_sha256(SHIPPED_TEACHER),
-                "rows": [asdict(r) for r in ROWS], "distill": DISTILL, "finetune": FINETUNE}
+                "rows": [asdict(r) for r in rows_of(s)], "distill": DISTILL, "finetune": FINETUNE}
     check_settings(runs, settings)
     stages = plan(runs, s)
     times = run_stages(stages, runs, start, args.jobs)

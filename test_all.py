@@ -2357,6 +2357,22 @@ def test_claims_are_decided_by_paired_bootstrap_intervals_and_no_signal_near_100
     assert blank[helps] == "no signal"  # both still (almost) all-blank
 
 
+def test_a_quick_run_with_some_rows_and_one_budget_checks_only_the_claims_it_can(tmp_path):
+    result = demo_result()
+    result["rows"] = [r for r in result["rows"] if r["name"] in ("teacher", "scratch", "sw")]
+    for r in result["rows"]:
+        for part in ("wer", "cer", "errors"):
+            r[part] = {"high": r[part]["high"]}
+    result["label_hours"] = {"high": 1.0}
+    result["claims"] = demo.claims(result["rows"], [DEMO_WORDS_PER_UTTERANCE] * DEMO_TEST_UTTERANCES)
+    assert [c for c, _, _ in result["claims"]] == [
+        "distillation helps at the high label budget: S&W student, regression vs from scratch"]
+    text = demo.markdown(result)
+    assert "| model | params (M) | CPU time vs teacher | test WER (CER), 60 min labels |" in text
+    assert "| S&W student, regression | 1.11 | 0.40 | 40.0 (13.3) |" in text
+    demo.plot(result, str(tmp_path / "quick.png"))
+
+
 def test_paired_bootstrap_interval_is_tight_for_paired_errors_and_covers_the_difference():
     rng = np.random.default_rng(0)
     words = np.full(300, 10)
@@ -2494,19 +2510,27 @@ def test_plan_scales_steps_and_gives_the_low_budget_to_low_runs_only():
     assert s.distill_steps == 2 * demo.SIZINGS["quick"].distill_steps
     assert demo.run_name(args) == "demo-quick-x2"
     stages = demo.plan("R", s)
-    assert len(stages) == 1 + (len(demo.ROWS) - 1) + 2 * len(demo.ROWS)  # corpus, distillations, CTC runs
+    rows = demo.rows_of(s)
+    assert [r.name for r in rows] == ["teacher", "scratch", "sw"] and s.budgets == ("high",)  # quick: a subset
+    assert len(stages) == 1 + (len(rows) - 1) + len(s.budgets) * len(rows)  # corpus, distillations, CTC runs
+    full = demo.sizing_for(demo.parse_args([]))
+    stages = demo.plan("R", full)
+    assert len(stages) == 1 + (len(demo.ROWS) - 1) + 2 * len(demo.ROWS)
     ctc = [st for st in stages if st.argv[0] == "finetune.py"]
     for st in ctc:
-        assert ("--max-train-hours" in st.argv) == st.out_dir.endswith("-low")
+        low = st.out_dir.endswith("-low")
+        assert ("--max-train-hours" in st.argv) == low
         steps = int(st.argv[st.argv.index("--max-steps") + 1])
         from_scratch = "/scratch-" in st.out_dir  # as many updates as distillation + CTC
-        assert steps == s.finetune_steps + (s.distill_steps if from_scratch else 0)
+        assert steps == (full.low_finetune_steps if low else full.finetune_steps) + \
+            (full.distill_steps if from_scratch else 0)
+        assert ("--cache-frontend" in st.argv) == ("/dt-fbank-" not in st.out_dir)  # CNN front-ends only
     teacher_ctc = next(st for st in ctc if st.out_dir == "R/ctc/teacher-low")
     assert teacher_ctc.argv[teacher_ctc.argv.index("--init") + 1] == demo.SHIPPED_TEACHER
     scratch = next(st for st in stages if st.out_dir == "R/students/scratch")
     assert scratch.argv[scratch.argv.index("--max-steps") + 1] == "0"  # an untrained student
     fbank = next(st for st in stages if st.out_dir == "R/students/dt-fbank")
-    assert fbank.argv[fbank.argv.index("--frontend-steps") + 1] == str(s.frontend_steps)
+    assert fbank.argv[fbank.argv.index("--frontend-steps") + 1] == str(full.frontend_steps)
 
 
 def test_readme_results_section_is_replaced_between_the_markers_only():
