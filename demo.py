@@ -83,16 +83,17 @@ class Sizing:
     budgets: tuple = ("low", "high")  # label budgets to fine-tune at
 
 
-# "full" fits 45 min on 2 CPU cores (rates in SPEED): the teacher about a quarter of it (400
-# steps of 32 s: ~3 epochs of the 1 h train set), 4 distillations a quarter (300 steps of 16 s:
-# ~1.1 epochs each), 12 CTC runs the rest (300 steps of 16 s each, both budgets: fine-tuning is
-# step-limited here, so the larger budget mostly buys variety, not more updates). "quick" runs
-# the same flow in ~3 min; its models stay at ~100% WER.
+# "full" fits 45 min on 2 CPU cores (rates in SPEED), the teacher being shipped: 4 distillations
+# of 400 steps of 16 s (~1.5 epochs of the 1 h train set each), then 12 CTC runs, long enough for
+# the dev WER to level off: 1600 steps at the larger budget (~6 epochs), 800 at the low one (6 min
+# of labels, ~35 epochs). The from-scratch row gets the distillation's 400 steps on top. "quick"
+# runs the teacher, the from-scratch student and an S&W student at one budget in ~5 min, with
+# 8 s batches (twice the updates per second of 16 s ones).
 SIZINGS = {
-    "full": Sizing(hours=1.25, distill_steps=300, frontend_steps=60, finetune_steps=300, low_finetune_steps=300,
-                   freeze_steps=30, low_hours=0.1, batch_seconds=16.0, eval_every=100),
-    "quick": Sizing(hours=0.2, distill_steps=20, frontend_steps=5, finetune_steps=30, low_finetune_steps=30,
-                    freeze_steps=3, low_hours=0.03, batch_seconds=8.0, eval_every=15,
+    "full": Sizing(hours=1.25, distill_steps=400, frontend_steps=80, finetune_steps=1600, low_finetune_steps=800,
+                   freeze_steps=50, low_hours=0.1, batch_seconds=16.0, eval_every=200),
+    "quick": Sizing(hours=0.5, distill_steps=200, frontend_steps=40, finetune_steps=800, low_finetune_steps=800,
+                    freeze_steps=25, low_hours=0.05, batch_seconds=8.0, eval_every=200,
                     rows=("teacher", "scratch", "sw"), budgets=("high",)),
 }
 
@@ -129,11 +130,11 @@ ROWS = [
     Row("dt-fbank", "D&T Fbank (two-stage), regression", "toy-fithubert-fbank"),
 ]
 
-# Audio seconds per second of each stage on an idle 2-core machine, the teacher alone on both
-# cores, the other stages two at a time on one core each (run_stages), for the time estimates
-# printed with every stage.
-SPEED = {"synth": 200.0, "pretrain": 21.0, "distill": 12.0, "distill-fbank": 20.0,
-         "finetune": 36.0, "finetune-teacher": 17.0}
+# Audio seconds per second of each stage on one core of an idle 2-core machine (STAGE_THREADS),
+# two stages side by side, for the time estimates printed with every stage; fine-tuning with the
+# front-end cache (--cache-frontend).
+SPEED = {"synth": 400.0, "pretrain": 21.0, "distill": 12.0, "distill-fbank": 20.0,
+         "finetune": 68.0, "finetune-teacher": 41.0}
 PADDING = 0.85  # share of a padded batch that is real audio
 STAGE_THREADS = 1  # torch threads of every stage, alone or side by side: results never depend on the pairing
 MEASURE_THREADS = 2  # torch threads for the test WER and the CPU-time comparison (all models alike)
