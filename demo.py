@@ -339,14 +339,18 @@ def check_teacher(path=SHIPPED_TEACHER):
     """Refuse a teacher file that this code would not make, saying what differs."""
     if not os.path.exists(path):
         raise SystemExit(f"error: no toy teacher at {path}; `make teacher` re-creates it (~65 min on one core)")
-    record = model.load_checkpoint(path).get("record")
+    ckpt = model.load_checkpoint(path)
+    record = ckpt.get("record")
     if not record:
         raise SystemExit(f"error: {path} has no record of how it was made; `make teacher` re-creates it")
+    c = ckpt["config"]  # the network itself, whatever its record says
+    network = dict(layers=c["layers"], dim=c["dim"], ffn=c["ffn"], heads=c["heads"], conv_dim=c["conv_layers"][0][0])
     expected = {"teacher": TEACHER, "training": TEACHER_TRAINING,
                 "corpus": {**TEACHER_CORPUS, "synth_version": data.SYNTH_VERSION}}
-    diffs = [f"{group} {k}: file {record.get(group, {}).get(k)!r}, demo.py {v!r}"
+    found = {**record, "teacher": {**record.get("teacher", {}), **network}}
+    diffs = [f"{group} {k}: file {found.get(group, {}).get(k)!r}, demo.py {v!r}"
              for group, values in expected.items() for k, v in values.items()
-             if record.get(group, {}).get(k) != v]
+             if found.get(group, {}).get(k) != v]
     if diffs:
         raise SystemExit(f"error: {path} was made with other settings than demo.py's ({'; '.join(diffs)}); "
                          f"run `make teacher` to re-create it")
