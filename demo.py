@@ -136,6 +136,9 @@ ROWS = [
 SPEED = {"synth": 400.0, "pretrain": 21.0, "distill": 12.0, "distill-fbank": 20.0,
          "finetune": 68.0, "finetune-teacher": 41.0}
 PADDING = 0.85  # share of a padded batch that is real audio
+# --seed-spread: how much a row's WER moves with the fine-tuning seed alone (same distilled
+# student, same data), to read the claims' differences against: two cheap rows, low budget.
+SPREAD_ROWS, SPREAD_SEEDS = ("sw", "dt"), (1, 2)
 STAGE_THREADS = 1  # torch threads of every stage, alone or side by side: results never depend on the pairing
 MEASURE_THREADS = 2  # torch threads for the test WER and the CPU-time comparison (all models alike)
 
@@ -161,6 +164,9 @@ def parse_args(argv=None):
     g.add_argument("--make-teacher", action="store_true",
                    help=f"re-create {SHIPPED_TEACHER} and its record (make teacher) instead of running the demo")
     g.add_argument("--timing-runs", type=int, default=5, help="timed forward passes per model (median)")
+    g.add_argument("--seed-spread", action="store_true",
+                   help=f"also fine-tune {', '.join(SPREAD_ROWS)} at the low budget with CTC seeds "
+                        f"{', '.join(map(str, SPREAD_SEEDS))} and report how far their test WERs spread")
     return p.parse_args(argv)
 
 
@@ -217,7 +223,7 @@ def rows_of(s: Sizing):
     return [r for r in ROWS if s.rows is None or r.name in s.rows]
 
 
-def plan(runs, s: Sizing, teacher=SHIPPED_TEACHER):
+def plan(runs, s: Sizing, teacher=SHIPPED_TEACHER, spread=False):
     """The stages of a run, in the order they start: the teacher's fine-tuning runs (the longest
     ones) start first, so that the runs left at the end are short. The from-scratch row gets as
     many CTC steps as a distilled student gets distillation + CTC steps, so that its row isolates
@@ -258,6 +264,14 @@ def plan(runs, s: Sizing, teacher=SHIPPED_TEACHER):
                              command("finetune.py", init=init, train=f"{corpus}/train", valid=f"{corpus}/dev",
                                      out_dir=out, **flags),
                              f"{out}/last.pt", out, 10 + audio(steps) / speed, needs=(init, f"{corpus}/synth.json")))
+    for row in [r for r in rows_of(s) if spread and r.name in SPREAD_ROWS and "low" in s.budgets]:
+        first = next(st for st in ctc if st.out_dir == f"{runs}/ctc/{row.name}-low")
+        for seed in SPREAD_SEEDS:
+            out = f"{runs}/ctc/{row.name}-low-seed{seed}"
+            argv = [out if a == first.out_dir else a for a in first.argv]
+            argv[argv.index("--seed") + 1] = str(seed)
+            ctc.append(Stage(f"{first.title}, CTC seed {seed}", f"{first.tag}-seed{seed}", argv, f"{out}/last.pt",
+                             out, first.seconds, first.needs))
     return stages + sorted(ctc, key=lambda st: -st.seconds)  # stable: longest first, then table order
 
 
@@ -575,6 +589,11 @@ def measure(runs, s: Sizing, timing_runs):
         rows.append({"name": row.name, "label": row.label, "preset": row.preset,
                      "params_M": model.count_parameters(ctc.encoder) / 1e6, "wer": wer, "cer": cer,
                      "errors": errors, "examples": [list(p) for p in pairs[:3]]})
+    for r in rows:  # --seed-spread runs, when there are any: test WER per CTC seed
+        runs_of = [f"{runs}/ctc/{r['name']}-low-seed{seed}/best.pt" for seed in SPREAD_SEEDS]
+        if "low" in s.budgets and all(os.path.exists(p) for p in runs_of):
+            r["seed_wers"] = [r["wer"]["low"]] + [finetune.evaluate(finetune.load_ctc(p), test, torch.device("cpu"),
+                                                                    s.batch_seconds)[0] for p in runs_of]
     batch = data.collate([data.AudioDataset(test)[i] for i in range(min(8, len(test)))])
     ms = time_models(models, batch["waves"], batch["lengths"], timing_runs)
     for r in rows:
@@ -691,6 +710,12 @@ def markdown(result):
               f"[95% paired bootstrap interval]; a claim holds when the interval lies on its side of 0, "
               f"is undecided when it spans 0; two WERs both at or above 95 carry no signal:", ""]
     lines += [f"- {claim}: **{verdict}** ({evidence})" for claim, verdict, evidence in result["claims"]]
+    spread = [r for r in result["rows"] if r.get("seed_wers")]
+    if spread:
+        lines += ["", "Fine-tuning seed spread (low budget, same distilled student, CTC seeds 0, " +
+                  ", ".join(map(str, SPREAD_SEEDS)) + "): " + "; ".join(
+                      f"{r['label']}: {' / '.join(f'{w:.1f}' for w in r['seed_wers'])} WER "
+                      f"(range {max(r['seed_wers']) - min(r['seed_wers']):.1f})" for r in spread) + "."]
     lines += ["", f"First test utterances, reference / hypothesis ({60 * h[list(h)[-1]]:.0f} min labels):", ""]
     for r in result["rows"]:
         for _, ref, hyp in r.get("examples", [])[:2]:
@@ -759,7 +784,7 @@ def main(args):
     settings = {**asdict(s), "teacher": TEACHER, "teacher_sha256": file_sha256(SHIPPED_TEACHER),
                 "rows": [asdict(r) for r in rows_of(s)], "distill": DISTILL, "finetune": FINETUNE}
     check_settings(runs, settings)
-    stages = plan(runs, s)
+    stages = plan(runs, s, spread=args.seed_spread)
     times = run_stages(stages, runs, start, args.jobs)
 
     print(f"\n[results] test WER and CPU time | elapsed {format_duration(time.time() - start)}", flush=True)
