@@ -20,6 +20,7 @@ import torch
 import data
 import distill
 import model
+import runtime
 
 # ----------------------------------------------------------------------------------------------
 # Setups and the matmul peak
@@ -134,7 +135,7 @@ def parse_args(argv=None):
 
 
 def main(args):
-    device = distill.pick_device(args.device)
+    device = runtime.pick_device(args.device)
     torch.manual_seed(args.seed)
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
     peaks = {p: matmul_peak(device, dtypes[p]) for p in dict.fromkeys(["fp32", *args.precisions])}

@@ -45,7 +45,7 @@ import torch
 import data
 import finetune
 import model
-from distill import format_duration
+from runtime import format_duration
 
 # ----------------------------------------------------------------------------------------------
 # Sizes

@@ -35,9 +35,9 @@ from tqdm import tqdm
 import checkpoints
 import data
 import model
-from distill import (GracefulStop, Logger, all_finite, any_rank, autocast, batch_stream, check_ranks_agree,
-                     check_same_start, finish, gather_rng, next_batch, no_sync_unless, resume_hint, set_rng_state,
-                     setup, start_run)
+from runtime import (GracefulStop, Logger, all_finite, any_rank, autocast, batch_stream, check_ranks_agree,
+                      check_same_start, finish, gather_rng, next_batch, no_sync_unless, resume_hint, set_rng_state,
+                      setup, start_run)
 
 # ----------------------------------------------------------------------------------------------
 # Arguments
@@ -569,5 +569,5 @@ if __name__ == "__main__":
         main(parse_args())
     except (ValueError, FileNotFoundError) as e:  # our own checks' one-line messages, no traceback
         sys.exit(f"error: {e}")
-    except KeyboardInterrupt:  # a second Ctrl-C (the first one saves, see distill.GracefulStop)
+    except KeyboardInterrupt:  # a second Ctrl-C (the first one saves, see runtime.GracefulStop)
         sys.exit(130)

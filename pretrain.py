@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 import data
 import model
-from distill import Logger, all_finite, batch_stream, lr_at, rng_state, set_rng_state, start_run
+from runtime import Logger, all_finite, batch_stream, lr_at, rng_state, set_rng_state, start_run
 
 # ----------------------------------------------------------------------------------------------
 # Constants (HuBERT Base unless said otherwise)

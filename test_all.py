@@ -1949,7 +1949,7 @@ def rel_assert_same_state(a, b):
 
 def test_distill_under_torchrun_two_ranks_keeps_parameters_identical(rel_corpus, rel_teacher, tmp_path):
     """2 gloo ranks, gradient accumulation (no_sync on the first micro-batch): the run finishes and
-    the ranks' parameters agree at every checkpoint (distill.check_ranks_agree raises otherwise)."""
+    the ranks' parameters agree at every checkpoint (runtime.check_ranks_agree raises otherwise)."""
     out = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={rel_free_port()}",
          "distill.py", "--teacher", rel_teacher, "--data", rel_corpus[0], "--out-dir", str(tmp_path),
