@@ -23,7 +23,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+import checkpoints
 import data
+import fbank_frontend
 import losses
 import model
 from runtime import (GracefulStop, Logger, add_parts, all_finite, any_rank, autocast, batch_stream,
@@ -206,7 +208,7 @@ def main(args):
     device, rank, world = setup(args)
     start_run(args, rank)
     ckpt_path = os.path.join(args.out_dir, "checkpoint.pt")
-    resume = model.load_checkpoint(ckpt_path) if args.resume and os.path.exists(ckpt_path) else None
+    resume = checkpoints.load_checkpoint(ckpt_path) if args.resume and os.path.exists(ckpt_path) else None
     if args.resume and resume is None and rank == 0:
         print(f"--resume: no {ckpt_path} yet, starting from scratch", flush=True)
     check_same_start(resume, world)
@@ -263,13 +265,13 @@ def main(args):
         if rank != 0:
             return
         d = distiller_module(distiller)
-        student_ckpt = model.encoder_checkpoint(d.student, "student", preset=args.student,
+        student_ckpt = checkpoints.encoder_checkpoint(d.student, "student", preset=args.student,
                                                 heads=d.heads.state_dict(), heads_config=d.heads.config(),
                                                 step=step, args=vars(args))
         if final:
-            model.save_checkpoint(student_ckpt, path)
+            checkpoints.save_checkpoint(student_ckpt, path)
             return
-        model.save_checkpoint({**student_ckpt, "distiller": d.state_dict(), "optimizer": optimizer.state_dict(),
+        checkpoints.save_checkpoint({**student_ckpt, "distiller": d.state_dict(), "optimizer": optimizer.state_dict(),
                                "scaler": scaler.state_dict(), "data_state": dict(data_state),
                                "rng": rngs}, path)
         saved_step = step
@@ -341,7 +343,6 @@ def main(args):
 
 def set_cmvn(student, utterances, rank, max_utts=200):
     """Global CMVN of the Fbank front-end from (a sample of) the training audio, stored in the model."""
-    import fbank_frontend
     sample = utterances[:: max(1, len(utterances) // max_utts)][:max_utts]
     mean, std = fbank_frontend.compute_cmvn(data.load_audio(u.path) for u in sample)
     student.feature_extractor.set_cmvn(mean, std)

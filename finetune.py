@@ -224,7 +224,7 @@ def set_trainable(ctc, train_encoder):
 
 def ctc_checkpoint(ctc, **extra):
     head = {k: v for k, v in ctc.state_dict().items() if not k.startswith("encoder.")}  # proj, mask_embedding
-    return model.encoder_checkpoint(ctc.encoder, "ctc", ctc_config=asdict(ctc.config), ctc_head=head, **extra)
+    return checkpoints.encoder_checkpoint(ctc.encoder, "ctc", ctc_config=asdict(ctc.config), ctc_head=head, **extra)
 
 
 def ctc_from_checkpoint(ckpt, path):
@@ -237,7 +237,7 @@ def ctc_from_checkpoint(ckpt, path):
 
 
 def load_ctc(path):
-    return ctc_from_checkpoint(model.load_checkpoint(path), path).eval()
+    return ctc_from_checkpoint(checkpoints.load_checkpoint(path), path).eval()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -410,7 +410,7 @@ def train(args):
     device, rank, world = setup(args)
     start_run(args, rank)
     ckpt_path = os.path.join(args.out_dir, "checkpoint.pt")
-    resume = model.load_checkpoint(ckpt_path) if args.resume and os.path.exists(ckpt_path) else None
+    resume = checkpoints.load_checkpoint(ckpt_path) if args.resume and os.path.exists(ckpt_path) else None
     check_same_start(resume, world)
     train_utts = load_train_set(args, rank)
     valid_utts = data.drop_short(data.load_corpus(args.valid), quiet=rank != 0) if args.valid else []
@@ -467,7 +467,7 @@ def train(args):
             extra.update(optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
                          data_state=dict(data_state), rng=rngs)
             saved_step = step
-        model.save_checkpoint(ctc_checkpoint(ctc, **extra), path)
+        checkpoints.save_checkpoint(ctc_checkpoint(ctc, **extra), path)
 
     def stop_on_bad_audio(error):  # every rank calls it; the state after `step` is saved
         if error:

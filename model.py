@@ -17,13 +17,14 @@ front-end of fbank_frontend.py in place of the waveform CNN.
 """
 import argparse
 import os
-import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 
 import torch
 from torch import nn
 from torchaudio.models import wav2vec2_model
 
+import checkpoints
+import fbank_frontend
 from losses import cosine_logits
 
 # ----------------------------------------------------------------------------------------------
@@ -33,7 +34,6 @@ from losses import cosine_logits
 # 320-sample (20 ms) hop at 16 kHz.
 HUBERT_CNN = [(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] * 2
 TOY_CNN = [(128, 10, 5)] + [(128, 3, 2)] * 4 + [(128, 2, 2)] * 2  # the demo's toy teacher (pretrain.py --conv-dim 128)
-CHECKPOINT_FORMAT = "hubert-distill/1"  # marks this project's own checkpoints
 
 
 @dataclass
@@ -115,8 +115,7 @@ class Encoder(nn.Module):
         if c.frontend == "fbank":
             # The Fbank front-end ends in its own Linear(D, D), so it replaces both the CNN and
             # the CNN's feature projection: that is how the paper's 19.11M count comes out.
-            from fbank_frontend import FbankFrontend
-            self.feature_extractor = FbankFrontend(c.dim, n_mels=c.n_mels, specaugment=c.specaugment)
+            self.feature_extractor = fbank_frontend.FbankFrontend(c.dim, n_mels=c.n_mels, specaugment=c.specaugment)
             self.encoder.feature_projection = nn.Identity()
         elif c.frontend != "cnn":
             raise ValueError(f"unknown front-end {c.frontend!r}; choose 'cnn' or 'fbank'")
@@ -215,54 +214,13 @@ class Teacher(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
-# Checkpoints: plain tensors and values, atomic writes, no code execution on load
-
-
-def save_checkpoint(obj, path):
-    """torch.save to a temp file, then os.replace: a crash mid-write leaves the old file intact."""
-    tmp = f"{path}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())  # on disk before it takes the old file's name (power loss)
-    except BaseException:
-        if os.path.exists(tmp):  # a partial file must not be mistaken for a checkpoint
-            os.remove(tmp)
-        raise
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path, allow=()):
-    """torch.load(weights_only=True): tensors and plain values only, never code from the file.
-    `allow` names the few extra classes a foreign pickle may hold (checkpoints.pickle_allow_list);
-    a pickle that names anything else (os.system, a fairseq model class) is refused unrun."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such checkpoint file")
-    try:
-        with torch.serialization.safe_globals(list(allow)):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a refused global, or not a torch file at all
-        msg = str(e)
-        refused = re.search(r"GLOBAL ([\w.]+)", msg)  # torch words it in several ways
-        other = re.search(r"WeightsUnpickler error: (.+)", msg)
-        if refused:
-            reason = f"its pickle asks for {refused.group(1)}, which is not plain data; refusing to run it"
-        else:
-            reason = (other.group(1) if other else (msg.strip().splitlines() or [type(e).__name__])[0])[:200]
-        raise ValueError(f"{path}: not a loadable checkpoint ({reason})") from None
-
-
-def encoder_checkpoint(encoder: Encoder, kind: str, **extra):
-    """The dict this project saves: enough to rebuild the encoder from the file alone."""
-    return {"format": CHECKPOINT_FORMAT, "kind": kind, "config": asdict(encoder.config),
-            "encoder": encoder.state_dict(), **extra}
+# Networks from checkpoint data (checkpoints.py reads and writes the files)
 
 
 def encoder_from_checkpoint(ckpt, path="checkpoint"):
     """Rebuild an Encoder from a project checkpoint dict."""
-    if ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a checkpoint of this project (no format {CHECKPOINT_FORMAT!r})")
+    if ckpt.get("format") != checkpoints.CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a checkpoint of this project (no format {checkpoints.CHECKPOINT_FORMAT!r})")
     encoder = Encoder(EncoderConfig.from_dict(ckpt["config"]))
     try:
         encoder.load_state_dict(ckpt["encoder"])
@@ -281,6 +239,23 @@ def head_from_state(state, dim):
     return head
 
 
+def state_dict_error(e):
+    """The informative part of load_state_dict's RuntimeError, on one line."""
+    return " ".join(str(e).split()).replace("Error(s) in loading state_dict for ", "")[:300]
+
+
+def load_encoder_state(config, state, path):
+    """Encoder(config) with `state` (torchaudio names; a foreign checkpoint's) loaded strictly;
+    one-line error on mismatch."""
+    encoder = Encoder(config)
+    try:
+        encoder.load_state_dict(checkpoints.refold_pos_conv(state))
+    except RuntimeError as e:
+        raise ValueError(f"{path}: weights do not fit the architecture in its config "
+                         f"({state_dict_error(e)})") from None
+    return encoder
+
+
 def load_teacher(src: str) -> Teacher:
     """A frozen teacher (eval mode, no gradients) from any of these sources:
 
@@ -291,25 +266,30 @@ def load_teacher(src: str) -> Teacher:
       torchaudio:HUBERT_BASE (nothing is downloaded);
     - a checkpoint of this project (kind teacher, student or ctc).
     """
-    import checkpoints  # the foreign formats; imported here because they import this file
     if src.startswith("torchaudio:"):
-        encoder, head = checkpoints.teacher_from_torchaudio(src[len("torchaudio:"):])
+        foreign = checkpoints.read_torchaudio(src[len("torchaudio:"):])
     elif os.path.isdir(src):
-        encoder, head = checkpoints.teacher_from_huggingface(src)
+        foreign = checkpoints.read_huggingface(src)
     elif not os.path.exists(src):
         raise FileNotFoundError(f"{src}: no such file or folder; pass a fairseq .pt, a Hugging Face "
                                 f"folder, torchaudio:HUBERT_BASE or a checkpoint of this project")
     else:
-        ckpt = load_checkpoint(src, allow=checkpoints.pickle_allow_list())
+        ckpt = checkpoints.load_checkpoint(src, allow=checkpoints.pickle_allow_list())
         if isinstance(ckpt, dict) and "format" in ckpt:
             encoder = encoder_from_checkpoint(ckpt, src)
-            head = head_from_state(ckpt.get("head"), encoder.config.dim)
+            return Teacher(encoder, head_from_state(ckpt.get("head"), encoder.config.dim), source=src)
         elif isinstance(ckpt, dict) and "model" in ckpt and ("cfg" in ckpt or "args" in ckpt):
-            encoder, head = checkpoints.teacher_from_fairseq(ckpt, src)
+            foreign = checkpoints.read_fairseq(ckpt, src)
         else:
             found = sorted(map(str, ckpt))[:6] if isinstance(ckpt, dict) else type(ckpt).__name__
             raise ValueError(f"{src}: unknown checkpoint layout ({found}); expected a fairseq checkpoint "
                              f"('model' with 'cfg' or 'args') or a checkpoint of this project")
+    encoder = load_encoder_state(EncoderConfig(**foreign["config"]), foreign["encoder"], foreign["file"])
+    try:
+        head = head_from_state(foreign["head"], encoder.config.dim)  # only fairseq files carry one
+    except RuntimeError as e:
+        raise ValueError(f"{foreign['file']}: final_proj does not fit label_embs_concat "
+                         f"({state_dict_error(e)})") from None
     return Teacher(encoder, head, source=src)
 
 

@@ -15,7 +15,7 @@ demo distils from a teacher that was trained the way HuBERT is:
       (HuBERT: layer 6 of 12), then a fresh model trains on them, as HuBERT does.
 
 The network is torchaudio's hubert_pretrain_model. The result, OUT/teacher.pt, is a checkpoint of
-this project (model.encoder_checkpoint) whose head (final_proj + codewords) the discriminative
+this project (checkpoints.encoder_checkpoint) whose head (final_proj + codewords) the discriminative
 distillation loss uses: `model.load_teacher("OUT/teacher.pt").head`.
 
     python pretrain.py --data corpus/train --out-dir runs/teacher --max-steps 500
@@ -33,6 +33,7 @@ from torchaudio.models import hubert_pretrain_model
 from torchaudio.models.wav2vec2 import components
 from tqdm import tqdm
 
+import checkpoints
 import data
 import model
 from runtime import Logger, all_finite, batch_stream, lr_at, rng_state, set_rng_state, start_run
@@ -330,7 +331,7 @@ def teacher_checkpoint(hubert, config, targets, args):
     head = {"final_proj.weight": gen.final_proj.weight.detach().cpu().clone(),
             "final_proj.bias": gen.final_proj.bias.detach().cpu().clone(),
             "codewords": gen.label_embeddings.detach().cpu().clone()}
-    return model.encoder_checkpoint(encoder, "teacher", head=head, targets=targets, args=vars(args))
+    return checkpoints.encoder_checkpoint(encoder, "teacher", head=head, targets=targets, args=vars(args))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -345,7 +346,7 @@ def main(args):
     torch.manual_seed(args.seed)
     start_run(args, rank=0)
     ckpt_path = os.path.join(args.out_dir, "checkpoint.pt")
-    resume = model.load_checkpoint(ckpt_path) if args.resume and os.path.exists(ckpt_path) else None
+    resume = checkpoints.load_checkpoint(ckpt_path) if args.resume and os.path.exists(ckpt_path) else None
     if args.resume and resume is None:
         print(f"--resume: no {ckpt_path} yet, starting from scratch", flush=True)
 
@@ -401,7 +402,7 @@ def main(args):
               f"from {targets['features']}", flush=True)
 
         def save():
-            model.save_checkpoint({"iteration": iteration, "step": step, "hubert": hubert.state_dict(),
+            checkpoints.save_checkpoint({"iteration": iteration, "step": step, "hubert": hubert.state_dict(),
                                    "optimizer": optimizer.state_dict(), "data_state": dict(data_state),
                                    "rng": rng_state(), "centroids": centroids, "args": vars(args)}, ckpt_path)
 
@@ -444,7 +445,7 @@ def main(args):
         teacher = teacher_checkpoint(hubert, config, targets, args)
         name = "teacher.pt" if iteration == args.iterations else f"iter{iteration}.pt"
         out_path = os.path.join(args.out_dir, name)
-        model.save_checkpoint(teacher, out_path)
+        checkpoints.save_checkpoint(teacher, out_path)
         print(f"iteration {iteration} done: {out_path}", flush=True)
         resume = None
     print(f"done: {os.path.join(args.out_dir, 'teacher.pt')} (teacher for distill.py --teacher)", flush=True)

@@ -371,7 +371,7 @@ def core_corpus(tmp_path_factory):
 def core_teacher(tmp_path_factory):
     path = tmp_path_factory.mktemp("teacher") / "teacher.pt"
     teacher = _teacher()
-    model.save_checkpoint(model.encoder_checkpoint(teacher.encoder, "teacher",
+    checkpoints.save_checkpoint(checkpoints.encoder_checkpoint(teacher.encoder, "teacher",
                                                    head=teacher.head.state_dict()), path)
     return str(path)
 
@@ -428,7 +428,7 @@ def test_two_step_distill_with_each_discriminative_head(head, core_corpus, core_
             ph.load_state_dict({"final_proj.weight": w, "final_proj.bias": b, "codewords": c["state"]["codewords"]})
             expected = ph.logits(c["h"], tau)
         torch.testing.assert_close(c["head_out"], expected)
-    ckpt = model.load_checkpoint(tmp_path / "student.pt")
+    ckpt = checkpoints.load_checkpoint(tmp_path / "student.pt")
     assert ckpt["kind"] == "student" and ckpt["heads_config"]["disc_head"] == head
     assert ckpt["heads_config"]["style"] == "last"  # tiny is an S&W preset: expand-last heads
     before = calls[0]["state"]
@@ -477,9 +477,9 @@ def test_fbank_student_trains_front_end_alone_for_frontend_steps(core_corpus, co
     run = FBANK_STUDENT + ["--max-steps", "4", "--frontend-steps", "2", "--disc-weight", "0.5"]
     _distill(run + ["--stop-after", "2"], core_corpus, core_teacher, tmp_path)
     initial = built[0]
-    after1 = model.load_checkpoint(tmp_path / "checkpoint.pt")["distiller"]
+    after1 = checkpoints.load_checkpoint(tmp_path / "checkpoint.pt")["distiller"]
     _distill(run + ["--resume"], core_corpus, core_teacher, tmp_path)
-    after2 = model.load_checkpoint(tmp_path / "checkpoint.pt")["distiller"]
+    after2 = checkpoints.load_checkpoint(tmp_path / "checkpoint.pt")["distiller"]
     stage1 = ("student.feature_extractor.", "frontend_proj.")
     assert {"frontend_proj.weight", "student.feature_extractor.proj.weight", "heads.disc.weight",
             "student.encoder.transformer.layers.1.feed_forward.output_dense.weight"} <= set(initial)
@@ -493,7 +493,7 @@ def test_fbank_student_trains_front_end_alone_for_frontend_steps(core_corpus, co
     log = [json.loads(line) for line in open(tmp_path / "log.jsonl")]
     assert ["frontend_l1" in r for r in log] == [True, True, False, False]
     assert ["l1" in r for r in log] == [False, False, True, True]
-    cmvn = model.load_checkpoint(tmp_path / "student.pt")["encoder"]["feature_extractor.cmvn_std"]
+    cmvn = checkpoints.load_checkpoint(tmp_path / "student.pt")["encoder"]["feature_extractor.cmvn_std"]
     assert not torch.allclose(cmvn, torch.ones_like(cmvn))  # statistics of the training audio
 
 
@@ -529,19 +529,19 @@ def test_specaugment_flag_reaches_the_fbank_front_end_from_distill_and_finetune(
     def distill_to(out, *flags):  # -> (masks applied?, the student checkpoint's setting)
         masked.clear()
         _distill(FBANK_STUDENT + ["--max-steps", "1", *flags], core_corpus, core_teacher, out)
-        return bool(masked), model.load_checkpoint(out / "student.pt")["config"]["specaugment"]
+        return bool(masked), checkpoints.load_checkpoint(out / "student.pt")["config"]["specaugment"]
 
     def finetune_to(out, student, *flags):  # -> (masks applied?, the CTC checkpoint's setting)
         masked.clear()
         finetune.main(finetune.parse_args(["--init", str(student), "--train", str(core_corpus / "train"),
                                            "--out-dir", str(out), "--max-steps", "1", "--batch-seconds", "12",
                                            "--device", "cpu", *flags]))
-        return bool(masked), model.load_checkpoint(out / "last.pt")["config"]["specaugment"]
+        return bool(masked), checkpoints.load_checkpoint(out / "last.pt")["config"]["specaugment"]
 
     on, off = tmp_path / "on" / "student.pt", tmp_path / "off" / "student.pt"
     assert distill_to(tmp_path / "on", "--specaugment") == (True, True)
     assert distill_to(tmp_path / "off") == (False, False)
-    assert model.encoder_from_checkpoint(model.load_checkpoint(on)).feature_extractor.specaugment
+    assert model.encoder_from_checkpoint(checkpoints.load_checkpoint(on)).feature_extractor.specaugment
     assert finetune_to(tmp_path / "ft-on", off, "--specaugment") == (True, True)
     assert finetune_to(tmp_path / "ft-kept", on) == (True, True)
     assert finetune_to(tmp_path / "ft-off", on, "--no-specaugment") == (False, False)
@@ -870,7 +870,7 @@ def test_positional_conv_stored_as_a_plain_weight_is_refolded_into_weight_norm()
         del state[f"{prefix}parametrizations.weight.{name}"]
     state[prefix + "weight"] = reference.encoder.transformer.pos_conv_embed.conv.weight.detach()
     config = EncoderConfig(conv_layers=TINY_CNN, **TINY)
-    encoder = checkpoints.load_encoder_state(config, state, "plain-weight.pt")
+    encoder = model.load_encoder_state(config, state, "plain-weight.pt")
     ours = encoder.encoder.transformer.pos_conv_embed.conv.weight
     assert torch.allclose(ours, state[prefix + "weight"], atol=1e-6)
 
@@ -930,7 +930,7 @@ def test_project_teacher_checkpoint_round_trips_through_load_teacher(tmp_path):
     head = {"final_proj.weight": torch.randn(12, 32), "final_proj.bias": torch.randn(12),
             "codewords": torch.randn(7, 12)}
     path = tmp_path / "teacher.pt"
-    model.save_checkpoint(model.encoder_checkpoint(encoder, "teacher", head=head), path)
+    checkpoints.save_checkpoint(checkpoints.encoder_checkpoint(encoder, "teacher", head=head), path)
     teacher = load_teacher(str(path))
     teacher.train()  # must stay in eval mode
     assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
@@ -1489,17 +1489,17 @@ class SimulatedCrash(Exception):
 
 def test_resume_continues_exactly_from_the_saved_step(tone_corpus, tmp_path, monkeypatch):
     run_pretrain(tone_corpus, tmp_path / "straight", "--max-steps", "4")
-    save = model.save_checkpoint
+    save = checkpoints.save_checkpoint
 
     def crash_after_step_2(obj, path):
         save(obj, path)
         if obj.get("step") == 2:
             raise SimulatedCrash
 
-    monkeypatch.setattr(model, "save_checkpoint", crash_after_step_2)
+    monkeypatch.setattr(checkpoints, "save_checkpoint", crash_after_step_2)
     with pytest.raises(SimulatedCrash):
         run_pretrain(tone_corpus, tmp_path / "resumed", "--max-steps", "4", "--save-every", "2")
-    monkeypatch.setattr(model, "save_checkpoint", save)
+    monkeypatch.setattr(checkpoints, "save_checkpoint", save)
     run_pretrain(tone_corpus, tmp_path / "resumed", "--max-steps", "4", "--resume")
     logs = [json.loads(line) for line in open(tmp_path / "resumed" / "log.jsonl")]
     assert [r["step"] for r in logs] == [1, 2, 3, 4]
@@ -1568,7 +1568,7 @@ def ft_corpus(tmp_path_factory):
 @pytest.fixture(scope="module")
 def ft_student(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("ft_student") / "student.pt")
-    model.save_checkpoint(model.encoder_checkpoint(ft_encoder(), "student", preset="tiny"), path)
+    checkpoints.save_checkpoint(checkpoints.encoder_checkpoint(ft_encoder(), "student", preset="tiny"), path)
     return path
 
 
@@ -1579,7 +1579,7 @@ def ft_run(ft_corpus, ft_student, out_dir, *flags):
                                 "--stages", "0,1,0", "--batch-seconds", "4", "--log-every", "1",
                                 "--mask-channel-length", "8", *flags])
     finetune.main(args)
-    return model.load_checkpoint(os.path.join(out_dir, "last.pt"))
+    return checkpoints.load_checkpoint(os.path.join(out_dir, "last.pt"))
 
 
 def fairseq_tri_stage(update, peak, warmup, hold, decay, init_lr_scale=0.01, final_lr_scale=0.05):
@@ -1687,7 +1687,7 @@ def test_frontend_never_trains_and_encoder_only_after_freeze_steps():
 
 
 def test_finetuning_keeps_encoder_frozen_then_trains_it_never_the_frontend(ft_corpus, ft_student, tmp_path, capsys):
-    init = model.load_checkpoint(ft_student)["encoder"]
+    init = checkpoints.load_checkpoint(ft_student)["encoder"]
     frozen = ft_run(ft_corpus, ft_student, tmp_path / "a", "--max-steps", "2", "--freeze-steps", "2")
     assert all(torch.equal(init[k], v) for k, v in frozen["encoder"].items())
     trained = ft_run(ft_corpus, ft_student, tmp_path / "b", "--max-steps", "2", "--freeze-steps", "1",
@@ -1725,7 +1725,7 @@ def test_frontend_cache_computes_each_utterance_once_and_equals_the_padded_batch
 
 def test_finetuning_with_the_frontend_cache_trains_the_same_model(ft_corpus, tmp_path):
     path = str(tmp_path / "ln_student.pt")
-    model.save_checkpoint(model.encoder_checkpoint(ft_encoder(extractor_mode="layer_norm"), "student",
+    checkpoints.save_checkpoint(checkpoints.encoder_checkpoint(ft_encoder(extractor_mode="layer_norm"), "student",
                                                    preset="tiny"), path)
     plain = ft_run(ft_corpus, path, tmp_path / "plain", "--max-steps", "3", "--freeze-steps", "1")
     cached = ft_run(ft_corpus, path, tmp_path / "cached", "--max-steps", "3", "--freeze-steps", "1",
@@ -1752,7 +1752,7 @@ def test_logged_ctc_loss_is_the_mean_over_the_log_interval(ft_corpus, ft_student
 
 def test_eval_prints_wer_per_set_and_writes_hypotheses(ft_corpus, tmp_path, capsys):
     ckpt = str(tmp_path / "ctc.pt")
-    model.save_checkpoint(finetune.ctc_checkpoint(ft_ctc()), ckpt)
+    checkpoints.save_checkpoint(finetune.ctc_checkpoint(ft_ctc()), ckpt)
     train_dir, dev_dir = ft_corpus
     finetune.main(finetune.parse_args(["--eval", ckpt, "--data", dev_dir, train_dir, "--device", "cpu"]))
     out = capsys.readouterr().out
@@ -1765,7 +1765,7 @@ def test_transcribe_accepts_8khz_stereo(tmp_path, capsys):
     import torchaudio
     ctc = ft_ctc()
     ckpt = str(tmp_path / "ctc.pt")
-    model.save_checkpoint(finetune.ctc_checkpoint(ctc), ckpt)
+    checkpoints.save_checkpoint(finetune.ctc_checkpoint(ctc), ckpt)
     rng = np.random.default_rng(0)
     stereo = (0.1 * rng.standard_normal((12_000, 2))).astype(np.float32)  # 1.5 s at 8 kHz
     path = str(tmp_path / "call.wav")
@@ -1876,7 +1876,7 @@ def rel_teacher_checkpoint(path, nan=False):
         with torch.no_grad():
             enc.encoder.transformer.layers[0].feed_forward.output_dense.weight.fill_(float("nan"))
     head = model.PredictionHead(32, 16, 12)
-    model.save_checkpoint(model.encoder_checkpoint(enc, "teacher", head=head.state_dict()), path)
+    checkpoints.save_checkpoint(checkpoints.encoder_checkpoint(enc, "teacher", head=head.state_dict()), path)
     return str(path)
 
 
@@ -1897,7 +1897,7 @@ def rel_student(tmp_path_factory, rel_teacher):
     torch.manual_seed(0)
     student = model.build_student("tiny", model.load_teacher(rel_teacher), dim=32, ffn=32, heads=2)
     path = tmp_path_factory.mktemp("rel_student") / "student.pt"
-    model.save_checkpoint(model.encoder_checkpoint(student, "student", preset="tiny"), path)
+    checkpoints.save_checkpoint(checkpoints.encoder_checkpoint(student, "student", preset="tiny"), path)
     return str(path)
 
 
@@ -1958,7 +1958,7 @@ def test_distill_under_torchrun_two_ranks_keeps_parameters_identical(rel_corpus,
         cwd=HERE, capture_output=True, text=True, timeout=180, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "device cpu x2" in out.stdout and out.stdout.count("done:") == 1  # rank 0 alone reports
-    ckpt = model.load_checkpoint(tmp_path / "checkpoint.pt")
+    ckpt = checkpoints.load_checkpoint(tmp_path / "checkpoint.pt")
     assert ckpt["step"] == 3 and len(ckpt["rng"]) == 2  # every rank's RNG state, for exact resume
     assert not torch.equal(ckpt["rng"][0]["torch"], ckpt["rng"][1]["torch"])  # seed + rank
 
@@ -1979,7 +1979,7 @@ def test_fbank_student_distills_under_torchrun_with_and_without_the_front_end_st
         cwd=HERE, capture_output=True, text=True, timeout=180, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "device cpu x2" in out.stdout and out.stdout.count("done:") == 1
-    ckpt = model.load_checkpoint(tmp_path / "checkpoint.pt")
+    ckpt = checkpoints.load_checkpoint(tmp_path / "checkpoint.pt")
     assert ckpt["step"] == frontend_steps + 2  # parameters agreed across ranks at steps 2 and 4
     assert ("frontend_proj.weight" in ckpt["distiller"]) == (frontend_steps > 0)
 
@@ -1995,8 +1995,8 @@ def test_finetune_under_torchrun_two_ranks_trains_the_encoder_after_the_freeze(r
         cwd=HERE, capture_output=True, text=True, timeout=180, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "device cpu x2" in out.stdout and out.stdout.count(": dev WER") == 2  # steps 2, 3; rank 0 only
-    init = model.load_checkpoint(rel_student)["encoder"]
-    tuned = model.load_checkpoint(tmp_path / "last.pt")["encoder"]
+    init = checkpoints.load_checkpoint(rel_student)["encoder"]
+    tuned = checkpoints.load_checkpoint(tmp_path / "last.pt")["encoder"]
     name = "encoder.transformer.layers.0.feed_forward.output_dense.weight"
     assert not torch.equal(init[name], tuned[name])  # the encoder trained after step 1
     assert torch.equal(init["feature_extractor.conv_layers.0.conv.weight"],
@@ -2012,18 +2012,18 @@ def rel_distill_straight(rel_corpus, rel_teacher, tmp_path_factory):
     """4 steps of 2 batches in one go (4 batches an epoch: the run crosses an epoch boundary)."""
     out = tmp_path_factory.mktemp("rel_straight")
     distill.main(rel_distill_args(rel_corpus, rel_teacher, out, "--max-steps", "4", "--grad-accum", "2"))
-    return model.load_checkpoint(out / "checkpoint.pt")
+    return checkpoints.load_checkpoint(out / "checkpoint.pt")
 
 
 def test_distill_stopped_after_k_steps_and_resumed_is_bit_identical(rel_corpus, rel_teacher, rel_distill_straight,
                                                                     tmp_path):
     distill.main(rel_distill_args(rel_corpus, rel_teacher, tmp_path, "--max-steps", "4", "--grad-accum", "2",
                                   "--stop-after", "1"))
-    assert model.load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 1
+    assert checkpoints.load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 1
     assert not (tmp_path / "student.pt").exists()
     distill.main(rel_distill_args(rel_corpus, rel_teacher, tmp_path, "--max-steps", "4", "--grad-accum", "2",
                                   "--resume"))
-    resumed = model.load_checkpoint(tmp_path / "checkpoint.pt")
+    resumed = checkpoints.load_checkpoint(tmp_path / "checkpoint.pt")
     assert resumed["step"] == 4
     rel_assert_same_state(rel_distill_straight, resumed)  # weights, AdamW moments, data order, RNG
 
@@ -2044,12 +2044,12 @@ def test_ctrl_c_saves_the_current_step_and_exits_130_and_resume_is_exact(rel_cor
     err = capsys.readouterr().err
     assert "SIGINT: stopping after this step" in err and "interrupted: the state after step 3" in err
     assert "--resume" in err.splitlines()[-1]  # how to go on
-    assert model.load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 3  # the step under way was finished
+    assert checkpoints.load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 3  # the step under way was finished
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
     monkeypatch.setattr(distill, "lr_at", lr_at)
     distill.main(rel_distill_args(rel_corpus, rel_teacher, tmp_path, "--max-steps", "4", "--grad-accum", "2",
                                   "--resume"))
-    rel_assert_same_state(rel_distill_straight, model.load_checkpoint(tmp_path / "checkpoint.pt"))
+    rel_assert_same_state(rel_distill_straight, checkpoints.load_checkpoint(tmp_path / "checkpoint.pt"))
 
 
 def test_finetune_stopped_after_k_steps_and_resumed_is_bit_identical(rel_corpus, rel_student, tmp_path):
@@ -2057,11 +2057,11 @@ def test_finetune_stopped_after_k_steps_and_resumed_is_bit_identical(rel_corpus,
     finetune.main(rel_finetune_args(rel_corpus, rel_student, tmp_path / "straight", "--max-steps", "4"))
     finetune.main(rel_finetune_args(rel_corpus, rel_student, tmp_path / "split", "--max-steps", "4",
                                     "--stop-after", "1"))
-    assert model.load_checkpoint(tmp_path / "split" / "checkpoint.pt")["step"] == 1
+    assert checkpoints.load_checkpoint(tmp_path / "split" / "checkpoint.pt")["step"] == 1
     finetune.main(rel_finetune_args(rel_corpus, rel_student, tmp_path / "split", "--max-steps", "4", "--resume"))
     for name in ("checkpoint.pt", "last.pt", "best.pt"):
-        rel_assert_same_state(model.load_checkpoint(tmp_path / "straight" / name),
-                              model.load_checkpoint(tmp_path / "split" / name))
+        rel_assert_same_state(checkpoints.load_checkpoint(tmp_path / "straight" / name),
+                              checkpoints.load_checkpoint(tmp_path / "split" / name))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -2070,7 +2070,7 @@ def test_finetune_stopped_after_k_steps_and_resumed_is_bit_identical(rel_corpus,
 
 def test_a_crash_while_writing_a_checkpoint_leaves_the_previous_one_loadable(tmp_path, monkeypatch):
     path = tmp_path / "checkpoint.pt"
-    model.save_checkpoint({"step": 1, "w": torch.ones(3)}, path)
+    checkpoints.save_checkpoint({"step": 1, "w": torch.ones(3)}, path)
 
     def dies_halfway(obj, f, *args, **kwargs):  # the disk fills up, or the job is killed
         f.write(b"PK\x03\x04 half a zip file")
@@ -2078,9 +2078,9 @@ def test_a_crash_while_writing_a_checkpoint_leaves_the_previous_one_loadable(tmp
 
     monkeypatch.setattr(torch, "save", dies_halfway)
     with pytest.raises(OSError, match="No space left"):
-        model.save_checkpoint({"step": 2, "w": torch.zeros(3)}, path)
+        checkpoints.save_checkpoint({"step": 2, "w": torch.zeros(3)}, path)
     monkeypatch.undo()
-    assert model.load_checkpoint(path)["step"] == 1
+    assert checkpoints.load_checkpoint(path)["step"] == 1
     assert os.listdir(tmp_path) == ["checkpoint.pt"]  # no partial temp file left behind
 
 
@@ -2097,7 +2097,7 @@ class RelEvil:
 def test_untrusted_checkpoints_never_run_code_on_any_loading_path(rel_corpus, tmp_path):
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pt"
-    torch.save({"format": model.CHECKPOINT_FORMAT, "kind": "ctc", "config": RelEvil(marker)}, evil)
+    torch.save({"format": checkpoints.CHECKPOINT_FORMAT, "kind": "ctc", "config": RelEvil(marker)}, evil)
     for out in ("distill_out", "finetune_out"):  # a planted OUT/checkpoint.pt, loaded by --resume
         os.makedirs(tmp_path / out)
         torch.save({"step": RelEvil(marker)}, tmp_path / out / "checkpoint.pt")
@@ -2190,7 +2190,7 @@ def test_audio_broken_inside_stops_training_with_a_checkpoint_naming_the_file(tm
     assert stop.value.code == 1
     err = capsys.readouterr().err
     assert f"error: {flac}: cannot read audio" in err and "delete or re-encode it" in err and "--resume" in err
-    ckpt = model.load_checkpoint(tmp_path / "out" / "checkpoint.pt")  # the steps done are kept
+    ckpt = checkpoints.load_checkpoint(tmp_path / "out" / "checkpoint.pt")  # the steps done are kept
     assert ckpt["step"] < 6 and f"after step {ckpt['step']}" in err
 
 
@@ -2417,7 +2417,7 @@ def test_shipped_teacher_is_fp16_with_its_record_and_a_mismatched_one_is_refused
                                                                 "acc_u": 0.2 * k}) + "\n" for k in (1, 2, 3)))
     shipped = str(tmp_path / "ship" / "toy-teacher.pt")
     demo.ship_teacher(str(pretrain_dir), str(tmp_path / "corpus"), "python pretrain.py ...", out=shipped)
-    ckpt = model.load_checkpoint(shipped)
+    ckpt = checkpoints.load_checkpoint(shipped)
     assert all(v.dtype == torch.float16 for v in ckpt["encoder"].values() if v.is_floating_point())
     assert "targets" not in ckpt and ckpt["record"]["final"] == {"step": 3, "acc_m": 0.30000000000000004, "acc_u": 0.6000000000000001}
     assert ckpt["record"]["corpus"]["espeak_ng"] and len(ckpt["record"]["corpus"]["train_sha256"]) == 64
@@ -2569,12 +2569,12 @@ def test_from_scratch_student_is_the_teacher_cnn_and_an_untrained_transformer(tm
     with torch.no_grad():
         for p in teacher.parameters():
             p.add_(0.01)  # not a fresh initialisation anywhere
-    model.save_checkpoint(model.encoder_checkpoint(teacher, "teacher"), tmp_path / "teacher.pt")
+    checkpoints.save_checkpoint(checkpoints.encoder_checkpoint(teacher, "teacher"), tmp_path / "teacher.pt")
     out = tmp_path / "scratch"
     distill.main(distill.parse_args(["--teacher", str(tmp_path / "teacher.pt"), "--student", "toy-fithubert",
                                      "--layers", "2", "--data", str(tmp_path / "corpus"), "--out-dir", str(out),
                                      "--max-steps", "0", "--device", "cpu"]))
-    ckpt = model.load_checkpoint(out / "student.pt")
+    ckpt = checkpoints.load_checkpoint(out / "student.pt")
     assert ckpt["step"] == 0
     student = model.encoder_from_checkpoint(ckpt)
     for k, v in teacher.feature_extractor.state_dict().items():
