@@ -33,7 +33,7 @@ import runtime
 
 SETUPS = {  # name: (teacher EncoderConfig fields, student preset)
     "toy": (dict(layers=4, dim=256, ffn=1024, heads=4,  # pretrain.py's default teacher
-                 conv_layers=[(128, k, s) for _, k, s in model.HUBERT_CNN]), "tiny"),
+                 conv_layers=model.hubert_cnn(128)), "tiny"),
     "base": ({}, "fithubert"),  # EncoderConfig's defaults are HuBERT Base
 }
 MAX_STEP_SECONDS = 30  # skip a precision whose step would take longer even at its matmul peak

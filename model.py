@@ -30,10 +30,17 @@ from losses import cosine_logits
 # ----------------------------------------------------------------------------------------------
 # Configuration
 
-# HuBERT's waveform CNN: (channels, kernel, stride) per layer; 400-sample receptive field and a
-# 320-sample (20 ms) hop at 16 kHz.
-HUBERT_CNN = [(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] * 2
-TOY_CNN = [(128, 10, 5)] + [(128, 3, 2)] * 4 + [(128, 2, 2)] * 2  # the demo's toy teacher (pretrain.py --conv-dim 128)
+
+def hubert_cnn(channels=512):
+    """HuBERT's waveform CNN with `channels` filters per layer: (channels, kernel, stride) per
+    layer; 400-sample receptive field and a 320-sample (20 ms) hop at 16 kHz. HuBERT has 512;
+    the demo's toy teacher 128 (pretrain.py --conv-dim 128).
+
+    >>> hubert_cnn(128)[:3]
+    [(128, 10, 5), (128, 3, 2), (128, 3, 2)]
+    """
+    return [(channels, 10, 5)] + [(channels, 3, 2)] * 4 + [(channels, 2, 2)] * 2
+
 
 
 @dataclass
@@ -41,7 +48,7 @@ class EncoderConfig:
     """Shape of one encoder; every field maps to a torchaudio.models.wav2vec2_model argument."""
     frontend: str = "cnn"                # "cnn" (HuBERT's waveform CNN) or "fbank" (fbank_frontend.py)
     extractor_mode: str = "group_norm"   # CNN norm: "group_norm" (Base, first layer) or "layer_norm" (Large)
-    conv_layers: list = field(default_factory=lambda: list(HUBERT_CNN))  # [(channels, kernel, stride)]
+    conv_layers: list = field(default_factory=hubert_cnn)  # [(channels, kernel, stride)]
     conv_bias: bool = False              # CNN conv bias (True for Large)
     dim: int = 768                       # transformer width (encoder_embed_dim)
     layers: int = 12                     # transformer layers
@@ -325,9 +332,9 @@ PRESETS = {
     # The demo's students, in the paper's proportions to demo.py's toy teacher (12 x 160, FFN 640,
     # 4 heads, HuBERT's CNN with 128 channels: HuBERT Base in miniature): S&W = 2 teacher layers,
     # D&T = 12 layers at 0.6 x the width with FFN = width (480 / 768 in the paper).
-    "toy-distilhubert": Preset(dict(dim=160, layers=2, ffn=640, heads=4, conv_layers=TOY_CNN), "last", "layers",
+    "toy-distilhubert": Preset(dict(dim=160, layers=2, ffn=640, heads=4, conv_layers=hubert_cnn(128)), "last", "layers",
                                "S&W for demo.py's toy teacher (26% of its 4.20M)"),
-    "toy-fithubert": Preset(dict(dim=96, layers=12, ffn=96, heads=4, conv_layers=TOY_CNN), "layerwise", "cnn",
+    "toy-fithubert": Preset(dict(dim=96, layers=12, ffn=96, heads=4, conv_layers=hubert_cnn(128)), "layerwise", "cnn",
                             "D&T for demo.py's toy teacher (24%)"),
     "toy-fithubert-fbank": Preset(dict(dim=96, layers=12, ffn=96, heads=4, frontend="fbank"), "layerwise", "none",
                                   "D&T with Fbank front-end for the toy teacher (-19%)"),

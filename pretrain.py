@@ -49,11 +49,6 @@ FRAME_HOP = 320            # samples per CNN frame (20 ms at 16 kHz)
 LOGIT_TEMP = 0.1           # HuBERT's cosine temperature (torchaudio _compute_logits, fairseq logit_temp)
 
 
-def conv_layers(channels):
-    """HuBERT's CNN shape (kernels 10,3,3,3,3,2,2, strides 5,2,2,2,2,2,2) with `channels` filters."""
-    return [(channels, 10, 5)] + [(channels, 3, 2)] * 4 + [(channels, 2, 2)] * 2
-
-
 # ----------------------------------------------------------------------------------------------
 # Arguments
 
@@ -262,7 +257,7 @@ def batch_labels(ids, labels):
 
 def encoder_config(args):
     """The EncoderConfig of the model trained here; the teacher checkpoint stores it."""
-    return model.EncoderConfig(conv_layers=conv_layers(args.conv_dim), dim=args.dim, layers=args.layers,
+    return model.EncoderConfig(conv_layers=model.hubert_cnn(args.conv_dim), dim=args.dim, layers=args.layers,
                                heads=args.heads, ffn=args.ffn, pos_conv_kernel=args.pos_conv_kernel,
                                pos_conv_groups=args.pos_conv_groups, dropout=args.dropout,
                                attention_dropout=args.dropout, layerdrop=args.layerdrop)

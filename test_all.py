@@ -246,7 +246,7 @@ def test_make_loader_batches_the_toy_corpus(toy_corpus):
 
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-CORE_CNN = [(32, 10, 5)] + [(32, 3, 2)] * 4 + [(32, 2, 2)] * 2  # HuBERT's strides, narrow channels
+CORE_CNN = model.hubert_cnn(32)  # HuBERT's strides, narrow channels
 CORE_TEACHER = dict(dim=32, layers=4, heads=2, ffn=64, pos_conv_kernel=8, pos_conv_groups=4,
                     conv_layers=CORE_CNN)
 
@@ -876,7 +876,7 @@ def test_positional_conv_stored_as_a_plain_weight_is_refolded_into_weight_norm()
 
 
 def test_conv_feature_layers_are_parsed_without_eval():
-    assert checkpoints.parse_conv_layers("[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2") == model.HUBERT_CNN
+    assert checkpoints.parse_conv_layers("[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2") == model.hubert_cnn(512)
     with pytest.raises(ValueError, match="cannot parse conv_feature_layers"):
         checkpoints.parse_conv_layers("__import__('os').system('true')")
 
@@ -1272,7 +1272,7 @@ def test_padding_does_not_change_real_frames_of_the_frontend():
 
 def _cnn_frames(n):
     """Reference: run the lengths through HuBERT's CNN layer by layer (torchaudio's formula)."""
-    for _, k, s in model.HUBERT_CNN:
+    for _, k, s in model.hubert_cnn(512):
         n = (n - k) // s + 1
     return n
 
@@ -1280,7 +1280,7 @@ def _cnn_frames(n):
 def _hubert_cnn():
     """HuBERT's CNN geometry (kernels, strides) with 16 channels and per-frame layer norms, so
     that no normalisation mixes frames and a frame's gradient shows exactly what it reads."""
-    config = EncoderConfig(extractor_mode="layer_norm", conv_layers=[(16, k, s) for _, k, s in model.HUBERT_CNN],
+    config = EncoderConfig(extractor_mode="layer_norm", conv_layers=model.hubert_cnn(16),
                            dim=16, layers=1, heads=2, ffn=16)
     return Encoder(config).feature_extractor
 
@@ -1428,7 +1428,7 @@ def test_kmeans_assigns_every_frame_to_its_nearest_centroid_and_lowers_inertia()
 
 
 def test_mfcc_label_count_equals_cnn_frame_count_for_many_lengths():
-    layers = pretrain.conv_layers(8)
+    layers = model.hubert_cnn(8)
     cnn = model.Encoder(model.EncoderConfig(conv_layers=layers, dim=16, layers=1, heads=2, ffn=16,
                                             pos_conv_kernel=4, pos_conv_groups=2)).feature_extractor
     for n in range(400, 12_000, 83):
@@ -1447,7 +1447,7 @@ def test_masked_prediction_matches_torchaudio_hubert_pretrain_forward():
     hubert = pretrain.build_hubert(pretrain.encoder_config(args), 8, args).eval()
     lengths = torch.tensor([16_000, 11_000])
     waves = torch.randn(2, 16_000) * (torch.arange(16_000)[None] < lengths[:, None])
-    T = pretrain.num_frames(16_000, pretrain.conv_layers(args.conv_dim))
+    T = pretrain.num_frames(16_000, model.hubert_cnn(args.conv_dim))
     labels = torch.randint(8, (2, T))
     torch.manual_seed(1)  # the same random mask in both calls
     logit_m, logit_u, penalty = hubert(waves, labels, lengths)
@@ -1522,7 +1522,7 @@ def test_second_iteration_clusters_a_middle_layer_of_the_first_model(tone_corpus
 # finetune.py: CTC fine-tuning recipe, evaluation, transcription, export to transformers
 
 
-FT_CNN = [(32, 10, 5)] + [(32, 3, 2)] * 4 + [(32, 2, 2)] * 2  # HuBERT's strides, narrow channels
+FT_CNN = model.hubert_cnn(32)  # HuBERT's strides, narrow channels
 FT_WORDS = "THE CAT SAW A DOG IT'S RED AND BLUE".split()
 
 
@@ -1861,7 +1861,7 @@ def test_export_of_an_fbank_student_is_a_clear_error(tmp_path):
 # untrusted checkpoints, the throughput benchmark
 
 
-REL_CNN = [(16, 10, 5)] + [(16, 3, 2)] * 4 + [(16, 2, 2)] * 2  # HuBERT's strides, narrow channels
+REL_CNN = model.hubert_cnn(16)  # HuBERT's strides, narrow channels
 def rel_write_corpus(root, utterances=8, seconds=(0.5, 1.0), seed=0):
     """One speaker, one chapter of tones in noise with transcripts (ft_write_corpus)."""
     return ft_write_corpus(root, speakers=1, per_speaker=utterances, seconds=seconds, seed=seed)
@@ -2546,7 +2546,7 @@ def test_readme_results_section_is_replaced_between_the_markers_only():
 def test_toy_students_keep_the_papers_proportions_to_the_toy_teacher():
     t = demo.TEACHER
     teacher = model.Teacher(model.Encoder(model.EncoderConfig(
-        layers=t["layers"], dim=t["dim"], ffn=t["ffn"], heads=t["heads"], conv_layers=model.TOY_CNN)))
+        layers=t["layers"], dim=t["dim"], ffn=t["ffn"], heads=t["heads"], conv_layers=model.hubert_cnn(128))))
     n_teacher = model.count_parameters(teacher)
     n = {p: model.count_parameters(model.build_student(p, teacher))
          for p in ("toy-distilhubert", "toy-fithubert", "toy-fithubert-fbank")}
@@ -2563,7 +2563,7 @@ def test_from_scratch_student_is_the_teacher_cnn_and_an_untrained_transformer(tm
     rng = np.random.default_rng(0)
     for i in range(2):
         sf.write(corpus / f"1-10-{i:04d}.flac", 0.1 * rng.standard_normal(16_000), data.SAMPLE_RATE)
-    cnn = [(16, 10, 5)] + [(16, 3, 2)] * 4 + [(16, 2, 2)] * 2
+    cnn = model.hubert_cnn(16)
     teacher = model.Encoder(model.EncoderConfig(conv_layers=cnn, dim=32, layers=2, ffn=64, heads=2,
                                                 pos_conv_kernel=16, pos_conv_groups=4))
     with torch.no_grad():
