@@ -19,7 +19,7 @@ rate:
 
 With padding 2 the 20 ms frame k is centred on sample 320 k + 200, exactly like the CNN's
 frame k, and for every length S >= 400 it yields floor((S - 400) / 320) + 1 frames, the CNN's
-count. `align_frames` still trims two sequences to a common length for safety.
+count. distill.py still trims student and teacher frames to the shorter of the two, for safety.
 
     python fbank_frontend.py stats --data runs/demo/corpus/train --out cmvn.pt
 """
@@ -233,16 +233,6 @@ class FbankFrontend(nn.Module):
         out_frames = num_subsampled_frames(frames)
         pad = torch.arange(x.shape[1], device=x.device)[None, :] >= out_frames[:, None]
         return x.masked_fill(pad[..., None], 0.0), out_frames
-
-
-def align_frames(a, b, a_lengths, b_lengths):
-    """Trim two frame sequences (e.g. student Fbank features and teacher CNN features, both at
-    20 ms) to the shorter T and the per-utterance minimum length. Both start at sample 0 with
-    the same hop, so trimming at the end never shifts a frame centre.
-
-    a [B, Ta, ...], b [B, Tb, ...] -> (a [B, T, ...], b [B, T, ...], lengths [B])."""
-    T = min(a.shape[1], b.shape[1])
-    return a[:, :T], b[:, :T], torch.minimum(a_lengths, b_lengths).clamp(max=T)
 
 
 # ----------------------------------------------------------------------------------------------

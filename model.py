@@ -199,11 +199,10 @@ class PredictionHead(nn.Module):
 class Teacher(nn.Module):
     """A frozen encoder (always in eval mode: no dropout, no layerdrop) plus its optional head."""
 
-    def __init__(self, encoder: Encoder, head: PredictionHead = None, source: str = ""):
+    def __init__(self, encoder: Encoder, head: PredictionHead = None):
         super().__init__()
         self.encoder = encoder
         self.head = head
-        self.source = source
         self.requires_grad_(False)
         self.eval()
 
@@ -284,7 +283,7 @@ def load_teacher(src: str) -> Teacher:
         ckpt = checkpoints.load_checkpoint(src, allow=checkpoints.pickle_allow_list())
         if isinstance(ckpt, dict) and "format" in ckpt:
             encoder = encoder_from_checkpoint(ckpt, src)
-            return Teacher(encoder, head_from_state(ckpt.get("head"), encoder.config.dim), source=src)
+            return Teacher(encoder, head_from_state(ckpt.get("head"), encoder.config.dim))
         elif isinstance(ckpt, dict) and "model" in ckpt and ("cfg" in ckpt or "args" in ckpt):
             foreign = checkpoints.read_fairseq(ckpt, src)
         else:
@@ -297,7 +296,7 @@ def load_teacher(src: str) -> Teacher:
     except RuntimeError as e:
         raise ValueError(f"{foreign['file']}: final_proj does not fit label_embs_concat "
                          f"({state_dict_error(e)})") from None
-    return Teacher(encoder, head, source=src)
+    return Teacher(encoder, head)
 
 
 # ----------------------------------------------------------------------------------------------
