@@ -137,7 +137,8 @@ class Encoder(nn.Module):
         """(waves [B, S], lengths [B]) -> transformer input [B, T, D] (padding zeroed), frame_lengths [B].
         features: the front-end's output (feats, frame_lengths) when already computed (finetune.py's cache)."""
         feats, frame_lengths = features if features is not None else self.features(waves, lengths)
-        x, _ = self.encoder._preprocess(feats, frame_lengths)  # projection, zeroes padded frames
+        x = self.encoder.feature_projection(feats)  # layer norm, Linear(C -> D), dropout (Identity for Fbank)
+        x = x.masked_fill(padding_mask(frame_lengths, x.shape[1])[..., None], 0.0)  # (B, T, D)
         return x, frame_lengths
 
     def forward(self, waves, lengths, num_layers=None):
@@ -149,9 +150,14 @@ class Encoder(nn.Module):
         """Run the transformer on its input x [B, T, D]; returns (hidden_states, frame_lengths)."""
         t = self.encoder.transformer
         T = x.shape[1]
-        pad = torch.arange(T, device=x.device)[None, :] >= frame_lengths[:, None]  # (B, T) True on padding
+        pad = padding_mask(frame_lengths, T)  # (B, T) True on padding
         attn_mask = (-10000.0 * pad[:, None, None, :].to(x.dtype)).expand(-1, 1, T, T)
-        x = t._preprocess(x)  # + positional conv; layer norm for post-LN models
+        x = x + t.pos_conv_embed(x)  # relative position: grouped Conv1d over time, GELU
+        # torchaudio's Transformer.layer_norm_first is True for post-LN models (HuBERT Base):
+        # their only input layer norm comes here, before the first layer.
+        if t.layer_norm_first:
+            x = t.layer_norm(x)
+        x = t.dropout(x)  # hidden_states[0]: the transformer input
         hidden = [x]
         for i, layer in enumerate(t.layers):
             if num_layers is not None and i >= num_layers:

@@ -295,6 +295,26 @@ def test_padding_does_not_change_real_frames_of_layer_norm_encoders():
         torch.testing.assert_close(p[0, :T], a[0], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("layer_norm_first", [False, True], ids=["post-LN", "pre-LN"])
+def test_encoder_front_written_out_equals_torchaudios_preprocess(layer_norm_first):
+    """Encoder.frontend (projection, padded frames zeroed) and hidden_states[0] (+ positional
+    conv, layer norm for post-LN, dropout) equal torchaudio's private Encoder._preprocess and
+    Transformer._preprocess exactly, dropout included (same seed, training mode)."""
+    torch.manual_seed(0)
+    enc = Encoder(EncoderConfig(**CORE_TEACHER, layer_norm_first=layer_norm_first)).train()
+    waves, lengths = torch.randn(3, 6400), torch.tensor([6400, 4000, 2500])
+    feats, frame_lengths = enc.features(waves, lengths)
+    for mode in ("eval", "train"):
+        getattr(enc, mode)()
+        torch.manual_seed(1)
+        x, _ = enc.frontend(waves, lengths, (feats, frame_lengths))
+        hidden, _ = enc.transformer_layers(x, frame_lengths, num_layers=0)
+        torch.manual_seed(1)
+        ref, _ = enc.encoder._preprocess(feats, frame_lengths)
+        assert torch.equal(x, ref)
+        assert torch.equal(hidden[0], enc.encoder.transformer._preprocess(ref))
+
+
 def test_distill_pairs_follow_distilhubert_and_fithubert():
     assert distill_pairs("last", 2, 12) == [(2, 4), (2, 8), (2, 12)]
     assert distill_pairs("layerwise", 12, 12) == [(i, i) for i in range(1, 13)]
