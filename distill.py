@@ -130,30 +130,26 @@ def trim(x, T):
 
 
 def distill_loss(args, teacher, distiller, waves, lengths, frontend_only):
-    """One batch: returns (total loss, dict of float parts)."""
-    teacher_ctx = autocast(waves.device, "bf16" if args.precision == "bf16" else "fp32")
-    with teacher_ctx:
+    """One batch: teacher and student forwards, frames aligned, then losses.distillation_loss.
+    Returns (L, dict of float parts)."""
+    with autocast(waves.device, "bf16" if args.precision == "bf16" else "fp32"):  # teacher: never fp16
         t_hidden, t_lengths = teacher(waves, lengths)
     with autocast(waves.device, args.precision):
         pred, s_logits, s_lengths = distiller(waves, lengths, frontend_only)
     T = min(pred.shape[-2], t_hidden[0].shape[1])
-    frame_lengths = torch.minimum(s_lengths, t_lengths).clamp(max=T)
-    mask = model.padding_mask(frame_lengths, T)
+    mask = model.padding_mask(torch.minimum(s_lengths, t_lengths).clamp(max=T), T)  # (B, T)
     pred = trim(pred.float(), T)
-    if frontend_only:
-        loss = losses.frontend_loss(pred, trim(t_hidden[0].float(), T), mask)
-        return loss, {"frontend_l1": loss.item()}
-    target = torch.stack([trim(t_hidden[t].float(), T) for t in distiller_module(distiller).heads.teacher_layers])
-    loss, parts = losses.regression_loss(pred, target, mask, args.l1_weight, args.cos_weight)
-    parts = {k: v.tolist() for k, v in parts.items()}  # l1, cos: means over layers; *_layers: per layer
-    if args.disc_weight > 0:
+    if frontend_only:  # Fbank stage 1: the front-end alone predicts the transformer input
+        target = trim(t_hidden[0].float(), T)
+    else:
+        layers = distiller_module(distiller).heads.teacher_layers
+        target = torch.stack([trim(t_hidden[t].float(), T) for t in layers])  # (N, B, T, C)
+    t_logits = None
+    if args.disc_weight > 0 and not frontend_only:  # the teacher's distribution p_T over its codewords
         t_logits = trim(teacher.head.logits(t_hidden[-1].float(), args.tau), T)
         s_logits = trim(s_logits.float(), T)
-        disc_fn = losses.hard_unit_loss if args.disc_head == "hard" else losses.discriminative_loss
-        disc = disc_fn(s_logits, t_logits, mask)
-        loss = loss + args.disc_weight * disc
-        parts["disc"] = disc.item()
-    return loss, parts
+    return losses.distillation_loss(pred, target, mask, s_logits, t_logits, args.l1_weight, args.cos_weight,
+                                    args.disc_weight, args.disc_head, frontend_only)
 
 
 def distiller_module(m):

@@ -1081,6 +1081,22 @@ def test_hard_unit_loss_is_cross_entropy_to_the_teacher_argmax():
     assert hard_unit_loss(s, t, mask).item() == pytest.approx(ref.item(), rel=1e-6)
 
 
+@pytest.mark.parametrize("disc_head", ["cos", "hard"])
+def test_distillation_loss_is_regression_plus_weighted_disc_or_frontend_l1(disc_head):
+    """losses.distillation_loss: L = L_reg + disc_weight * L_disc (L_hard for "hard"), or L_fe."""
+    torch.manual_seed(0)
+    pred, target, mask = torch.randn(3, 2, 5, 8), torch.randn(3, 2, 5, 8), _mask([5, 3], 5)
+    s_logits, t_logits = torch.randn(2, 5, 7), torch.randn(2, 5, 7)
+    total, parts = losses.distillation_loss(pred, target, mask, s_logits, t_logits, l1_weight=0.5,
+                                            cos_weight=2.0, disc_weight=0.3, disc_head=disc_head)
+    reg, _ = regression_loss(pred, target, mask, 0.5, 2.0)
+    disc = (hard_unit_loss if disc_head == "hard" else discriminative_loss)(s_logits, t_logits, mask)
+    assert torch.equal(total, reg + 0.3 * disc) and parts["disc"] == disc.item()
+    assert len(parts["l1_layers"]) == 3
+    fe, parts = losses.distillation_loss(pred[0], target[0], mask, frontend_only=True)
+    assert torch.equal(fe, frontend_loss(pred[0], target[0], mask)) and parts == {"frontend_l1": fe.item()}
+
+
 def test_frontend_loss_is_l1_over_real_frames():
     pred = torch.tensor([[[1.0, -1.0], [5.0, 5.0]]])
     target = torch.tensor([[[0.0, 1.0], [0.0, 0.0]]])
