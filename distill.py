@@ -18,6 +18,7 @@ import argparse
 import math
 import os
 import sys
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -199,16 +200,92 @@ def codeword_entropy(teacher, waves, lengths, tau):
     return entropy.mean().item(), logp.exp().amax(-1)[real].mean().item(), logp.shape[-1]
 
 
+def print_codeword_entropy(teacher, waves, lengths, tau):
+    ent, top, K = codeword_entropy(teacher, waves, lengths, tau)
+    print(f"teacher codeword distribution (tau {tau:g}) on the first batch: mean entropy "
+          f"{ent:.4f} nats (uniform: log {K} = {math.log(K):.4f}), mean max probability "
+          f"{100 * top:.1f}% (near log K the discriminative targets say little; a lower --tau "
+          f"sharpens them)", flush=True)
+
+
+@dataclass
+class Run:
+    """What a distillation run trains, saves and resumes; build_run makes it, main steps it."""
+    args: argparse.Namespace
+    device: torch.device
+    rank: int                            # this process (0 without torchrun)
+    world: int                           # processes
+    ckpt_path: str                       # OUT/checkpoint.pt: the state to --resume from
+    teacher: model.Teacher
+    distiller: nn.Module                 # Distiller, inside DistributedDataParallel when world > 1
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    batches: object                      # endless batch iterator (runtime.batch_stream)
+    step: int = 0                        # optimizer steps done
+    data_state: dict = field(default_factory=lambda: {"epoch": 0, "skip": 0})  # position in the data
+    saved_step: int = None               # step of the last checkpoint written this run (None: none)
+
+
 def main(args):
     check_frontend_flags(args)
     device, rank, world = setup(args)
     start_run(args, rank)
+    run = build_run(args, device, rank, world)
+    teacher, distiller, optimizer, scaler = run.teacher, run.distiller, run.optimizer, run.scaler
+    logger = Logger(args.out_dir, args.max_steps, rank)
+    distiller.train()
+    last_log, interval = run.step, {}  # interval: loss parts summed since the last log line (add_parts)
+    entropy_shown = rank != 0 or teacher.head is None  # printed once, on this run's first batch
+    stop_at = min(args.max_steps, run.step + args.stop_after) if args.stop_after else args.max_steps
+    with GracefulStop() as stopper:
+        while run.step < stop_at:
+            if any_rank(stopper.requested, device, world):  # every rank stops after the same step
+                save(run, run.ckpt_path)
+                finish(130, f"interrupted: the state after step {run.step} is in {run.ckpt_path}; {resume_hint()}",
+                       rank, world)
+            frontend_only = run.step < args.frontend_steps
+            lr = lr_at(run.step, args.max_steps, args.lr, args.warmup)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            for micro in range(args.grad_accum):
+                waves, lengths = read_batch(run)
+                if not entropy_shown:  # an extra teacher forward, once; it draws no random numbers
+                    print_codeword_entropy(teacher, waves, lengths, args.tau)
+                    entropy_shown = True
+                with no_sync_unless(distiller, last=micro == args.grad_accum - 1):
+                    loss, parts = distill_loss(args, teacher, distiller, waves, lengths, frontend_only)
+                    stop_unless_finite(run, loss, parts)
+                    scaler.scale(loss / args.grad_accum).backward()
+                add_parts(interval, {"loss": loss.item(), **parts})
+                logger.add_audio(lengths.sum().item() / data.SAMPLE_RATE * world)
+            scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(distiller.parameters(), args.clip)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            run.step += 1
+            if run.step % args.log_every == 0 or run.step == args.max_steps:
+                stage = {"stage": 1.0} if frontend_only else {}
+                logger.log(run.step, run.step - last_log, **mean_parts(interval), **stage,
+                           grad_norm=float(grad_norm), lr=lr)
+                last_log, interval = run.step, {}
+            if run.step % args.save_every == 0 or run.step == stop_at:
+                save(run, run.ckpt_path)
+    end_run(run)
+
+
+# ----------------------------------------------------------------------------------------------
+# Building (or resuming) a run, saving it, stopping it
+
+
+def build_run(args, device, rank, world):
+    """Data, teacher, student with its heads (new, or from OUT/checkpoint.pt with --resume),
+    optimizer and scaler, in that order (the order the random numbers are drawn in)."""
     ckpt_path = os.path.join(args.out_dir, "checkpoint.pt")
     resume = checkpoints.load_checkpoint(ckpt_path) if args.resume and os.path.exists(ckpt_path) else None
     if args.resume and resume is None and rank == 0:
         print(f"--resume: no {ckpt_path} yet, starting from scratch", flush=True)
     check_same_start(resume, world)
-
     utterances = data.drop_short(data.load_corpus(args.data), quiet=rank != 0)
     loader, sampler = data.make_loader(utterances, args.batch_seconds, shuffle=True, seed=args.seed,
                                        rank=rank, world_size=world, num_workers=args.num_workers)
@@ -216,7 +293,37 @@ def main(args):
     if args.disc_weight > 0 and teacher.head is None:
         raise ValueError(f"--disc-weight needs the teacher's prediction head (final_proj + codewords); "
                          f"{args.teacher} has none (Hugging Face and fine-tuned checkpoints drop it)")
+    distiller, pairs = build_distiller(args, teacher, resume, ckpt_path, utterances, device, rank)
+    if rank == 0:
+        tcfg, scfg = teacher.config, distiller.student.config
+        n_student = model.count_parameters(distiller.student) / 1e6
+        n_heads = model.count_parameters(distiller) / 1e6 - n_student
+        print(f"teacher {args.teacher}: {tcfg.layers}x{tcfg.dim}, {model.count_parameters(teacher) / 1e6:.2f}M | "
+              f"student {args.student}: {scfg.layers}x{scfg.dim}, {n_student:.2f}M "
+              f"(+{n_heads:.2f}M heads) | pairs (student, teacher) {pairs} | {len(utterances)} utterances, "
+              f"{len(sampler)} batches/epoch/rank | device {device} x{world}", flush=True)
+    if world > 1:
+        distiller = nn.parallel.DistributedDataParallel(
+            distiller, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=args.frontend_steps > 0 or distiller.student.config.layerdrop > 0)
+    optimizer = torch.optim.AdamW(distiller.parameters(), lr=args.lr, betas=tuple(args.betas),
+                                  eps=args.eps, weight_decay=args.weight_decay)
+    scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
+    run = Run(args, device, rank, world, ckpt_path, teacher, distiller, optimizer, scaler, batches=None)
+    if resume:
+        optimizer.load_state_dict(resume["optimizer"])
+        scaler.load_state_dict(resume["scaler"])
+        run.step, run.data_state, run.saved_step = resume["step"], dict(resume["data_state"]), resume["step"]
+        set_rng_state(resume["rng"][rank % len(resume["rng"])])  # exact with the same world size
+        if rank == 0:
+            print(f"resumed from {ckpt_path} at step {run.step}", flush=True)
+    run.batches = batch_stream(loader, sampler, run.data_state)  # advances run.data_state
+    return run
 
+
+def build_distiller(args, teacher, resume, ckpt_path, utterances, device, rank):
+    """The student (new from --student, or the checkpoint's) with its heads, on device; a new
+    Fbank student gets its CMVN from the training audio. Returns (distiller, pairs)."""
     if resume:
         student = model.encoder_from_checkpoint(resume, ckpt_path)
     else:
@@ -228,112 +335,64 @@ def main(args):
         set_cmvn(student, utterances, rank)
     if resume:
         distiller.load_state_dict(resume["distiller"])
-    n_student = model.count_parameters(student) / 1e6
-    n_heads = model.count_parameters(distiller) / 1e6 - n_student
-    tcfg = teacher.config
-    if rank == 0:
-        print(f"teacher {args.teacher}: {tcfg.layers}x{tcfg.dim}, {model.count_parameters(teacher) / 1e6:.2f}M | "
-              f"student {args.student}: {student.config.layers}x{student.config.dim}, {n_student:.2f}M "
-              f"(+{n_heads:.2f}M heads) | pairs (student, teacher) {pairs} | {len(utterances)} utterances, "
-              f"{len(sampler)} batches/epoch/rank | device {device} x{world}", flush=True)
-    if world > 1:
-        distiller = nn.parallel.DistributedDataParallel(
-            distiller, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=args.frontend_steps > 0 or student.config.layerdrop > 0)
+    return distiller, pairs
 
-    optimizer = torch.optim.AdamW(distiller.parameters(), lr=args.lr, betas=tuple(args.betas),
-                                  eps=args.eps, weight_decay=args.weight_decay)
-    scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
-    step, data_state = 0, {"epoch": 0, "skip": 0}
-    if resume:
-        optimizer.load_state_dict(resume["optimizer"])
-        scaler.load_state_dict(resume["scaler"])
-        step, data_state = resume["step"], dict(resume["data_state"])
-        set_rng_state(resume["rng"][rank % len(resume["rng"])])  # exact with the same world size
-        if rank == 0:
-            print(f"resumed from {ckpt_path} at step {step}", flush=True)
-    saved_step = step if resume else None
 
-    def save(path, final=False):  # called by every rank: the RNG states are gathered
-        nonlocal saved_step
-        check_ranks_agree(distiller, world)
-        rngs = None if final else gather_rng(world)
-        if rank != 0:
-            return
-        d = distiller_module(distiller)
-        student_ckpt = checkpoints.encoder_checkpoint(d.student, "student", preset=args.student,
-                                                heads=d.heads.state_dict(), heads_config=d.heads.config(),
-                                                step=step, args=vars(args))
-        if final:
-            checkpoints.save_checkpoint(student_ckpt, path)
-            return
-        checkpoints.save_checkpoint({**student_ckpt, "distiller": d.state_dict(), "optimizer": optimizer.state_dict(),
-                               "scaler": scaler.state_dict(), "data_state": dict(data_state),
-                               "rng": rngs}, path)
-        saved_step = step
+def save(run, path, final=False):
+    """Every rank calls it (the RNG states are gathered); rank 0 writes. final: the student for
+    finetune.py alone; else the whole state for --resume."""
+    check_ranks_agree(run.distiller, run.world)
+    rngs = None if final else gather_rng(run.world)
+    if run.rank != 0:
+        return
+    d, args = distiller_module(run.distiller), run.args
+    student_ckpt = checkpoints.encoder_checkpoint(d.student, "student", preset=args.student,
+                                                  heads=d.heads.state_dict(), heads_config=d.heads.config(),
+                                                  step=run.step, args=vars(args))
+    if final:
+        checkpoints.save_checkpoint(student_ckpt, path)
+        return
+    checkpoints.save_checkpoint({**student_ckpt, "distiller": d.state_dict(), "optimizer": run.optimizer.state_dict(),
+                                 "scaler": run.scaler.state_dict(), "data_state": dict(run.data_state),
+                                 "rng": rngs}, path)
+    run.saved_step = run.step
 
-    batches = batch_stream(loader, sampler, data_state)
-    logger = Logger(args.out_dir, args.max_steps, rank)
-    distiller.train()
-    last_log, interval = step, {}  # interval: loss parts summed since the last log line (add_parts)
-    entropy_shown = rank != 0 or teacher.head is None  # printed once, on this run's first batch
-    stop_at = min(args.max_steps, step + args.stop_after) if args.stop_after else args.max_steps
-    with GracefulStop() as stopper:
-        while step < stop_at:
-            if any_rank(stopper.requested, device, world):  # every rank stops after the same step
-                save(ckpt_path)
-                finish(130, f"interrupted: the state after step {step} is in {ckpt_path}; {resume_hint()}", rank, world)
-            frontend_only = step < args.frontend_steps
-            lr = lr_at(step, args.max_steps, args.lr, args.warmup)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            for micro in range(args.grad_accum):
-                batch, error = next_batch(batches)
-                if any_rank(error, device, world):
-                    if error:  # printed by the rank that read the file
-                        print(f"error: {error}", file=sys.stderr, flush=True)
-                    save(ckpt_path)
-                    finish(1, f"stopped on unreadable audio; the state after step {step} is in {ckpt_path}; "
-                              f"fix or remove the file, then {resume_hint()}", rank, world)
-                waves, lengths = batch["waves"].to(device), batch["lengths"].to(device)
-                if not entropy_shown:  # an extra teacher forward, once; it draws no random numbers
-                    ent, top, K = codeword_entropy(teacher, waves, lengths, args.tau)
-                    print(f"teacher codeword distribution (tau {args.tau:g}) on the first batch: mean entropy "
-                          f"{ent:.4f} nats (uniform: log {K} = {math.log(K):.4f}), mean max probability "
-                          f"{100 * top:.1f}% (near log K the discriminative targets say little; a lower --tau "
-                          f"sharpens them)", flush=True)
-                    entropy_shown = True
-                with no_sync_unless(distiller, last=micro == args.grad_accum - 1):
-                    loss, parts = distill_loss(args, teacher, distiller, waves, lengths, frontend_only)
-                    if not all_finite(loss.detach(), device, world):  # not saved: the weights may be the cause
-                        found = ", ".join(f"{k} {v:.4g}" for k, v in parts.items() if not isinstance(v, list))
-                        finish(1, f"error: non-finite loss at step {step + 1} ({found}); stopping. Last checkpoint: "
-                                  f"{ckpt_path if saved_step is not None else 'none'} (step {saved_step}). A teacher "
-                                  f"with broken weights fails at step 1; otherwise try a lower --lr or --precision fp32",
-                               rank, world)
-                    scaler.scale(loss / args.grad_accum).backward()
-                add_parts(interval, {"loss": loss.item(), **parts})
-                logger.add_audio(lengths.sum().item() / data.SAMPLE_RATE * world)
-            scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(distiller.parameters(), args.clip)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            if step % args.log_every == 0 or step == args.max_steps:
-                stage = {"stage": 1.0} if frontend_only else {}
-                logger.log(step, step - last_log, **mean_parts(interval), **stage, grad_norm=float(grad_norm), lr=lr)
-                last_log, interval = step, {}
-            if step % args.save_every == 0 or step == stop_at:
-                save(ckpt_path)
-    if step < args.max_steps:  # --stop-after: a checkpoint, no student.pt yet
-        if rank == 0:
-            print(f"stopped after step {step} (--stop-after): {ckpt_path}; {resume_hint()}", flush=True)
+
+def read_batch(run):
+    """The next batch's (waves [B, S], lengths [B]) on the device; on unreadable audio (any rank)
+    every rank saves the state before this step and stops."""
+    batch, error = next_batch(run.batches)
+    if any_rank(error, run.device, run.world):
+        if error:  # printed by the rank that read the file
+            print(f"error: {error}", file=sys.stderr, flush=True)
+        save(run, run.ckpt_path)
+        finish(1, f"stopped on unreadable audio; the state after step {run.step} is in {run.ckpt_path}; "
+                  f"fix or remove the file, then {resume_hint()}", run.rank, run.world)
+    return batch["waves"].to(run.device), batch["lengths"].to(run.device)
+
+
+def stop_unless_finite(run, loss, parts):
+    """A non-finite loss on any rank stops every rank, without saving: the weights may be the cause."""
+    if all_finite(loss.detach(), run.device, run.world):
+        return
+    found = ", ".join(f"{k} {v:.4g}" for k, v in parts.items() if not isinstance(v, list))
+    last = run.ckpt_path if run.saved_step is not None else "none"
+    finish(1, f"error: non-finite loss at step {run.step + 1} ({found}); stopping. Last checkpoint: {last} "
+              f"(step {run.saved_step}). A teacher with broken weights fails at step 1; otherwise try a lower "
+              f"--lr or --precision fp32", run.rank, run.world)
+
+
+def end_run(run):
+    """After the loop: the final student.pt, or (--stop-after) only the checkpoint saved last."""
+    args = run.args
+    if run.step < args.max_steps:
+        if run.rank == 0:
+            print(f"stopped after step {run.step} (--stop-after): {run.ckpt_path}; {resume_hint()}", flush=True)
     else:
-        save(os.path.join(args.out_dir, "student.pt"), final=True)
-        if rank == 0:
+        save(run, os.path.join(args.out_dir, "student.pt"), final=True)
+        if run.rank == 0:
             print(f"done: {os.path.join(args.out_dir, 'student.pt')} (student for finetune.py --init)", flush=True)
-    if world > 1:
+    if run.world > 1:
         dist.destroy_process_group()
 
 
