@@ -36,7 +36,6 @@ from tqdm import tqdm
 import checkpoints
 import data
 import model
-from losses import cosine_logits
 from runtime import Logger, all_finite, batch_stream, lr_at, rng_state, set_rng_state, start_run
 
 # ----------------------------------------------------------------------------------------------
@@ -304,12 +303,14 @@ def masked_prediction(hubert, waves, lengths, labels):
     if x.shape[1] != labels.shape[1]:
         raise ValueError(f"{labels.shape[1]} label frames for {x.shape[1]} model frames")
     gen = hubert.logit_generator
-    proj = gen.final_proj(x).float()  # (B, T, F)
-    codewords = gen.label_embeddings.float()  # (K, F)
+    # losses.cosine_logits, written out: the masked and unmasked logits share one normalised codebook
+    # (two calls would normalise it twice and change the last bits of its gradient).
+    proj = F.normalize(gen.final_proj(x).float(), dim=-1, eps=1e-8)  # (B, T, F)
+    codewords = F.normalize(gen.label_embeddings.float(), dim=-1, eps=1e-8)  # (K, F)
     mask_m = mask & ~padding
     mask_u = ~mask & ~padding
-    return {"logits_m": cosine_logits(proj[mask_m], codewords, LOGIT_TEMP), "units_m": labels[mask_m],
-            "logits_u": cosine_logits(proj[mask_u], codewords, LOGIT_TEMP), "units_u": labels[mask_u],
+    return {"logits_m": proj[mask_m] @ codewords.t() / LOGIT_TEMP, "units_m": labels[mask_m],
+            "logits_u": proj[mask_u] @ codewords.t() / LOGIT_TEMP, "units_u": labels[mask_u],
             "feature_penalty": penalty}
 
 
