@@ -18,7 +18,7 @@ import argparse
 import math
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -29,9 +29,9 @@ import data
 import fbank_frontend
 import losses
 import model
-from runtime import (GracefulStop, Logger, add_parts, all_finite, any_rank, autocast, batch_stream,
+from runtime import (GracefulStop, Logger, RunState, add_parts, all_finite, any_rank, autocast, batch_stream,
                      check_ranks_agree, check_same_start, finish, gather_rng, lr_at, mean_parts, next_batch,
-                     no_sync_unless, resume_hint, set_rng_state, setup, start_run)
+                     no_sync_unless, reached_max_steps, resume_hint, set_rng_state, setup, start_run)
 
 # ----------------------------------------------------------------------------------------------
 # Arguments
@@ -208,22 +208,11 @@ def print_codeword_entropy(teacher, waves, lengths, tau):
           f"sharpens them)", flush=True)
 
 
-@dataclass
-class Run:
-    """What a distillation run trains, saves and resumes; build_run makes it, main steps it."""
-    args: argparse.Namespace
-    device: torch.device
-    rank: int                            # this process (0 without torchrun)
-    world: int                           # processes
-    ckpt_path: str                       # OUT/checkpoint.pt: the state to --resume from
+@dataclass(kw_only=True)
+class Run(RunState):
+    """A distillation run: build_run makes it, main steps it."""
     teacher: model.Teacher
     distiller: nn.Module                 # Distiller, inside DistributedDataParallel when world > 1
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler
-    batches: object                      # endless batch iterator (runtime.batch_stream)
-    step: int = 0                        # optimizer steps done
-    data_state: dict = field(default_factory=lambda: {"epoch": 0, "skip": 0})  # position in the data
-    saved_step: int = None               # step of the last checkpoint written this run (None: none)
 
 
 def main(args):
@@ -309,7 +298,8 @@ def build_run(args, device, rank, world):
     optimizer = torch.optim.AdamW(distiller.parameters(), lr=args.lr, betas=tuple(args.betas),
                                   eps=args.eps, weight_decay=args.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
-    run = Run(args, device, rank, world, ckpt_path, teacher, distiller, optimizer, scaler, batches=None)
+    run = Run(args=args, device=device, rank=rank, world=world, ckpt_path=ckpt_path, optimizer=optimizer,
+              scaler=scaler, teacher=teacher, distiller=distiller)
     if resume:
         optimizer.load_state_dict(resume["optimizer"])
         scaler.load_state_dict(resume["scaler"])
@@ -384,14 +374,11 @@ def stop_unless_finite(run, loss, parts):
 
 def end_run(run):
     """After the loop: the final student.pt, or (--stop-after) only the checkpoint saved last."""
-    args = run.args
-    if run.step < args.max_steps:
+    if reached_max_steps(run):
+        path = os.path.join(run.args.out_dir, "student.pt")
+        save(run, path, final=True)
         if run.rank == 0:
-            print(f"stopped after step {run.step} (--stop-after): {run.ckpt_path}; {resume_hint()}", flush=True)
-    else:
-        save(run, os.path.join(args.out_dir, "student.pt"), final=True)
-        if run.rank == 0:
-            print(f"done: {os.path.join(args.out_dir, 'student.pt')} (student for finetune.py --init)", flush=True)
+            print(f"done: {path} (student for finetune.py --init)", flush=True)
     if run.world > 1:
         dist.destroy_process_group()
 

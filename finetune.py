@@ -24,7 +24,7 @@ import math
 import os
 import re
 import sys
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 
 import jiwer
 import torch
@@ -35,9 +35,9 @@ from tqdm import tqdm
 import checkpoints
 import data
 import model
-from runtime import (GracefulStop, Logger, all_finite, any_rank, autocast, batch_stream, check_ranks_agree,
-                      check_same_start, finish, gather_rng, next_batch, no_sync_unless, resume_hint, set_rng_state,
-                      setup, start_run)
+from runtime import (GracefulStop, Logger, RunState, all_finite, any_rank, autocast, batch_stream,
+                     check_ranks_agree, check_same_start, finish, gather_rng, next_batch, no_sync_unless,
+                     reached_max_steps, resume_hint, set_rng_state, setup, start_run)
 
 # ----------------------------------------------------------------------------------------------
 # Arguments
@@ -406,25 +406,14 @@ class FrontendCache:
         return nn.utils.rnn.pad_sequence(feats, batch_first=True), frame_lengths
 
 
-@dataclass
-class Run:
-    """What a fine-tuning run trains, saves and resumes; build_run makes it, train steps it."""
-    args: argparse.Namespace
-    device: torch.device
-    rank: int                            # this process (0 without torchrun)
-    world: int                           # processes
-    ckpt_path: str                       # OUT/checkpoint.pt: the state to --resume from
+@dataclass(kw_only=True)
+class Run(RunState):
+    """A fine-tuning run: build_run makes it, train steps it."""
     ctc: model.CTCModel
     net: nn.Module                       # ctc, inside DistributedDataParallel when world > 1
     trainable: list                      # parameters the optimizer updates: all but the front-end
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler
     valid_utts: list                     # --valid utterances (may be empty)
-    batches: object = None               # endless batch iterator (runtime.batch_stream)
-    step: int = 0                        # optimizer steps done
-    data_state: dict = field(default_factory=lambda: {"epoch": 0, "skip": 0})  # position in the data
     best: float = math.inf               # best dev WER so far, %
-    saved_step: int = None               # step of the last checkpoint written this run (None: none)
 
 
 def train(args):
@@ -515,7 +504,8 @@ def build_run(args, device, rank, world):
     optimizer = torch.optim.AdamW(trainable, lr=args.lr, betas=tuple(args.betas), eps=args.eps,
                                   weight_decay=args.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
-    run = Run(args, device, rank, world, ckpt_path, ctc, net, trainable, optimizer, scaler, valid_utts)
+    run = Run(args=args, device=device, rank=rank, world=world, ckpt_path=ckpt_path, optimizer=optimizer,
+              scaler=scaler, ctc=ctc, net=net, trainable=trainable, valid_utts=valid_utts)
     if resume:
         optimizer.load_state_dict(resume["optimizer"])
         scaler.load_state_dict(resume["scaler"])
@@ -606,10 +596,7 @@ def validate(run):
 def end_run(run):
     """After the loop: last.pt and best.pt, or (--stop-after) only the checkpoint saved last."""
     args = run.args
-    if run.step < args.max_steps:
-        if run.rank == 0:
-            print(f"stopped after step {run.step} (--stop-after): {run.ckpt_path}; {resume_hint()}", flush=True)
-    else:
+    if reached_max_steps(run):
         save(run, os.path.join(args.out_dir, "last.pt"), full=False)
         if not run.valid_utts:
             save(run, os.path.join(args.out_dir, "best.pt"), full=False)

@@ -20,6 +20,7 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -90,6 +91,23 @@ def batch_stream(loader, sampler, state):
             yield batch
         state["epoch"] += 1
         state["skip"] = 0
+
+
+@dataclass(kw_only=True)
+class RunState:
+    """What every driver's loop carries between steps and saves for --resume; a driver's Run adds
+    its networks (distill.Run, finetune.Run)."""
+    args: object                         # the parsed command line
+    device: torch.device
+    rank: int                            # this process (0 without torchrun)
+    world: int                           # processes
+    ckpt_path: str                       # OUT/checkpoint.pt: the state to --resume from
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    batches: object = None               # endless batch iterator (batch_stream)
+    step: int = 0                        # optimizer steps done
+    data_state: dict = field(default_factory=lambda: {"epoch": 0, "skip": 0})  # position in the data
+    saved_step: int = None               # step of the last checkpoint written this run (None: none)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -207,6 +225,15 @@ class GracefulStop:
 def resume_hint():
     argv = sys.argv if "--resume" in sys.argv else sys.argv + ["--resume"]
     return f"continue with: python {shlex.join(argv)} (under torchrun: the same torchrun command plus --resume)"
+
+
+def reached_max_steps(run):
+    """After a driver's loop: True at --max-steps; else (--stop-after) rank 0 says how to go on."""
+    if run.step >= run.args.max_steps:
+        return True
+    if run.rank == 0:
+        print(f"stopped after step {run.step} (--stop-after): {run.ckpt_path}; {resume_hint()}", flush=True)
+    return False
 
 
 def finish(code, message, rank, world):
