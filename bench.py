@@ -7,12 +7,18 @@ autocast, on random audio. FLOPs are counted once per setup by torch.utils.flop_
 FlopCounterMode (matmuls, convolutions, attention; elementwise ops count 0), and MFU = FLOPs per
 step / seconds per step / the machine's fp32 matmul peak, measured in the same run with a large
 torch.matmul. A torch.profiler pass names the ops that take the time.
+`python bench.py fbank` times inference instead: whole encoders (HuBERT Base, fithubert,
+fithubert-fbank) on the CPU, the paper's Fbank speed claim (Sec. 3.3).
 
     python bench.py                                    # CPU: about two minutes
     python bench.py --device cuda --batch 16 --seconds 10
+    python bench.py fbank                              # CPU inference time: fithubert vs fithubert-fbank
 """
 import argparse
 import json
+import platform
+import statistics
+import sys
 import time
 
 import torch
@@ -20,13 +26,14 @@ import torch
 import data
 import distill
 import model
+import runtime
 
 # ----------------------------------------------------------------------------------------------
 # Setups and the matmul peak
 
 SETUPS = {  # name: (teacher EncoderConfig fields, student preset)
     "toy": (dict(layers=4, dim=256, ffn=1024, heads=4,  # pretrain.py's default teacher
-                 conv_layers=[(128, k, s) for _, k, s in model.HUBERT_CNN]), "tiny"),
+                 conv_layers=model.hubert_cnn(128)), "tiny"),
     "base": ({}, "fithubert"),  # EncoderConfig's defaults are HuBERT Base
 }
 MAX_STEP_SECONDS = 30  # skip a precision whose step would take longer even at its matmul peak
@@ -111,6 +118,52 @@ def distill_defaults():
 
 
 # ----------------------------------------------------------------------------------------------
+# Fbank vs CNN inference (`python bench.py fbank`): whole encoders with random weights
+
+
+def fbank_bench(args):
+    """Median inference time of whole encoders on one batch, side by side in one process."""
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    waves = 0.1 * torch.randn(args.batch, int(args.seconds * data.SAMPLE_RATE))
+    lengths = torch.full((args.batch,), waves.shape[1])
+    models = {"HuBERT Base (teacher)": model.Encoder(model.EncoderConfig()),
+              "fithubert": model.build_student("fithubert"),
+              "fithubert-fbank": model.build_student("fithubert-fbank")}
+
+    def median_ms(fn):
+        fn()  # warm-up
+        times = []
+        for _ in range(args.runs):
+            t0 = time.perf_counter()
+            fn()
+            times.append(1000 * (time.perf_counter() - t0))
+        return statistics.median(times)
+
+    rows = {}
+    with torch.inference_mode():
+        for name, m in models.items():
+            m.eval()
+            total = median_ms(lambda: m(waves, lengths))
+            front = median_ms(lambda: m.frontend(waves, lengths))
+            rows[name] = {"params_M": round(model.count_parameters(m) / 1e6, 2), "ms": round(total, 1),
+                          "frontend_ms": round(front, 1)}
+    base = rows["fithubert"]["ms"]
+    print(f"{args.batch} x {args.seconds:g} s audio, {args.threads} CPU threads, median of {args.runs} runs, "
+          f"{platform.processor() or platform.machine()}, torch {torch.__version__}")
+    print(f"{'model':<24} {'params (M)':>10} {'ms':>8} {'front-end ms':>12} {'front-end %':>11} "
+          f"{'speed vs fithubert':>18}")
+    for name, r in rows.items():
+        r["speedup_vs_fithubert"] = round(base / r["ms"], 2)
+        print(f"{name:<24} {r['params_M']:>10.2f} {r['ms']:>8.1f} {r['frontend_ms']:>12.1f} "
+              f"{100 * r['frontend_ms'] / r['ms']:>10.0f}% {r['speedup_vs_fithubert']:>17.2f}x")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"batch": args.batch, "seconds": args.seconds, "threads": args.threads, "rows": rows}, f, indent=2)
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------
 # Command line
 
 
@@ -133,8 +186,19 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def parse_fbank_args(argv=None):
+    p = argparse.ArgumentParser(prog="bench.py fbank", description="CPU inference time: fithubert vs fithubert-fbank "
+                                "vs the teacher", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--batch", type=int, default=4, help="utterances per batch")
+    p.add_argument("--seconds", type=float, default=8.0, help="length of each utterance, seconds")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--runs", type=int, default=5, help="timed runs per model (median reported)")
+    p.add_argument("--json", help="also write the figures to this JSON file")
+    return p.parse_args(argv)
+
+
 def main(args):
-    device = distill.pick_device(args.device)
+    device = runtime.pick_device(args.device)
     torch.manual_seed(args.seed)
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
     peaks = {p: matmul_peak(device, dtypes[p]) for p in dict.fromkeys(["fp32", *args.precisions])}
@@ -180,4 +244,7 @@ def main(args):
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    if sys.argv[1:2] == ["fbank"]:
+        fbank_bench(parse_fbank_args(sys.argv[2:]))
+    else:
+        main(parse_args())

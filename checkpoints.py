@@ -1,7 +1,9 @@
-"""Foreign checkpoint formats: HuBERT teachers from fairseq, Hugging Face and torchaudio files,
-and fine-tuned students written back out as a transformers HubertForCTC folder.
+"""Checkpoint I/O: this project's checkpoints (atomic writes, weights-only loads), HuBERT teachers
+from fairseq, Hugging Face and torchaudio files, and fine-tuned students written back out as a
+transformers HubertForCTC folder.
 
-model.load_teacher(src) is the entry point for reading; it calls the readers here. Nothing here
+Readers return plain data (config dicts and state dicts) and build no networks: model.load_teacher(src)
+is the entry point for reading; it calls the readers here and builds the encoder. Nothing here
 imports fairseq, omegaconf or transformers, and no pickle gets to run code.
 
     python -c "import model; print(model.load_teacher('hubert_base_ls960.pt').config)"
@@ -12,16 +14,64 @@ import ast
 import json
 import os
 import re
+from dataclasses import asdict
 
 import torch
 
 import data
-from model import HUBERT_CNN, Encoder, EncoderConfig, head_from_state, load_checkpoint
+
+# ----------------------------------------------------------------------------------------------
+# This project's checkpoints: plain tensors and values, atomic writes, no code execution on load
+
+CHECKPOINT_FORMAT = "hubert-distill/1"  # marks this project's own checkpoints
+
+
+def save_checkpoint(obj, path):
+    """torch.save to a temp file, then os.replace: a crash mid-write leaves the old file intact."""
+    tmp = f"{path}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before it takes the old file's name (power loss)
+    except BaseException:
+        if os.path.exists(tmp):  # a partial file must not be mistaken for a checkpoint
+            os.remove(tmp)
+        raise
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path, allow=()):
+    """torch.load(weights_only=True): tensors and plain values only, never code from the file.
+    `allow` names the few extra classes a foreign pickle may hold (pickle_allow_list);
+    a pickle that names anything else (os.system, a fairseq model class) is refused unrun."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such checkpoint file")
+    try:
+        with torch.serialization.safe_globals(list(allow)):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a refused global, or not a torch file at all
+        msg = str(e)
+        refused = re.search(r"GLOBAL ([\w.]+)", msg)  # torch words it in several ways
+        other = re.search(r"WeightsUnpickler error: (.+)", msg)
+        if refused:
+            reason = f"its pickle asks for {refused.group(1)}, which is not plain data; refusing to run it"
+        else:
+            reason = (other.group(1) if other else (msg.strip().splitlines() or [type(e).__name__])[0])[:200]
+        raise ValueError(f"{path}: not a loadable checkpoint ({reason})") from None
+
+
+def encoder_checkpoint(encoder, kind: str, **extra):
+    """The dict this project saves: enough to rebuild the encoder from the file alone."""
+    return {"format": CHECKPOINT_FORMAT, "kind": kind, "config": asdict(encoder.config),
+            "encoder": encoder.state_dict(), **extra}
+
 
 # ----------------------------------------------------------------------------------------------
 # Reading teachers
 #
-# Each source becomes an EncoderConfig plus a state dict in torchaudio's parameter names, which
+# Each source becomes {"config": EncoderConfig's fields, "encoder": a state dict in torchaudio's
+# parameter names, "head": HuBERT's prediction head or None, "file"}, which model.load_teacher
 # loads into Encoder unchanged. fairseq: keys renamed as in torchaudio's import_fairseq._map_key,
 # architecture read from the file's cfg (hydra era) or args (legacy). Hugging Face: the modules
 # already carry torchaudio's names (see torchaudio's import_huggingface); only prefixes move.
@@ -57,13 +107,8 @@ def pickle_allow_list():
     return allowed + [(FairseqObject, name) for name in FAIRSEQ_PICKLED_CLASSES]
 
 
-def state_dict_error(e):
-    """The informative part of load_state_dict's RuntimeError, on one line."""
-    return " ".join(str(e).split()).replace("Error(s) in loading state_dict for ", "")[:300]
-
-
-def load_encoder_state(config, state, path):
-    """Encoder(config) with `state` (torchaudio names) loaded strictly; one-line error on mismatch."""
+def refold_pos_conv(state):
+    """`state` (torchaudio names) with the positional conv's weight norm as torchaudio registers it."""
     state = dict(state)
     # The positional conv is weight-normed over its kernel axis (dim 2); torchaudio registers that
     # as a parametrization (original0 = g, original1 = v), fairseq and older files as weight_g/_v.
@@ -74,13 +119,7 @@ def load_encoder_state(config, state, path):
         w = state.pop(POS_CONV + "weight")
         state[f"{POS_CONV}parametrizations.weight.original0"] = w.norm(dim=(0, 1), keepdim=True)
         state[f"{POS_CONV}parametrizations.weight.original1"] = w
-    encoder = Encoder(config)
-    try:
-        encoder.load_state_dict(state)
-    except RuntimeError as e:
-        raise ValueError(f"{path}: weights do not fit the architecture in its config "
-                         f"({state_dict_error(e)})") from None
-    return encoder
+    return state
 
 
 # fairseq name prefix -> torchaudio's (as torchaudio.models.wav2vec2.utils.import_fairseq._map_key);
@@ -147,13 +186,13 @@ def fairseq_architecture(ckpt, path):
     return {**FAIRSEQ_DEFAULTS, **model}, task
 
 
-def teacher_from_fairseq(ckpt, path):
-    """(Encoder, PredictionHead or None) from a loaded fairseq HuBERT checkpoint dict."""
+def read_fairseq(ckpt, path):
+    """{"config", "encoder", "head" (or None), "file"} from a loaded fairseq HuBERT checkpoint dict."""
     m, task = fairseq_architecture(ckpt, path)
     if m["activation_fn"] != "gelu" or m["extractor_mode"] not in ("default", "layer_norm"):
         raise ValueError(f"{path}: unsupported fairseq model (activation_fn {m['activation_fn']!r}, "
                          f"extractor_mode {m['extractor_mode']!r}); needs gelu and default or layer_norm")
-    config = EncoderConfig(
+    config = dict(
         extractor_mode="group_norm" if m["extractor_mode"] == "default" else "layer_norm",
         conv_layers=parse_conv_layers(m["conv_feature_layers"]), conv_bias=bool(m["conv_bias"]),
         dim=int(m["encoder_embed_dim"]), layers=int(m["encoder_layers"]),
@@ -173,14 +212,8 @@ def teacher_from_fairseq(ckpt, path):
             if rule is None:
                 raise ValueError(f"{path}: unexpected parameter {key!r}; not a fairseq HuBERT encoder?")
             state[re.sub(rule[0], rule[1], key, count=1)] = value
-    encoder = load_encoder_state(config, state, path)
-    if len(head_state) < 3:  # fine-tuned files drop final_proj: no head
-        return encoder, None
-    try:
-        return encoder, head_from_state(head_state, config.dim)
-    except RuntimeError as e:
-        raise ValueError(f"{path}: final_proj does not fit label_embs_concat "
-                         f"({state_dict_error(e)})") from None
+    head = head_state if len(head_state) >= 3 else None  # fine-tuned files drop final_proj: no head
+    return {"config": config, "encoder": state, "head": head, "file": path}
 
 
 def read_json(path):
@@ -217,9 +250,10 @@ HF_REQUIRED = [("model_type", ("hubert", "wav2vec2", None)), ("feat_extract_norm
                ("layer_norm_eps", (1e-5, None))]
 
 
-def teacher_from_huggingface(folder):
-    """(Encoder, None) from a folder written by transformers' save_pretrained (HubertModel,
-    HubertForCTC, Wav2Vec2Model); Hugging Face files carry no HuBERT prediction head."""
+def read_huggingface(folder):
+    """{"config", "encoder", "head": None, "file"} from a folder written by transformers'
+    save_pretrained (HubertModel, HubertForCTC, Wav2Vec2Model); Hugging Face files carry no HuBERT
+    prediction head."""
     config_path = os.path.join(folder, "config.json")
     if not os.path.isfile(config_path):
         raise ValueError(f"{folder}: no config.json; a Hugging Face model folder holds config.json "
@@ -233,7 +267,7 @@ def teacher_from_huggingface(folder):
     # Absent fields take transformers' HubertConfig defaults (HuBERT Base).
     conv = zip(c.get("conv_dim", [512] * 7), c.get("conv_kernel", [10, 3, 3, 3, 3, 2, 2]),
                c.get("conv_stride", [5, 2, 2, 2, 2, 2, 2]))
-    config = EncoderConfig(
+    config = dict(
         extractor_mode=c.get("feat_extract_norm", "group") + "_norm", conv_layers=list(conv),
         conv_bias=c.get("conv_bias", False), dim=c.get("hidden_size", 768),
         layers=c.get("num_hidden_layers", 12), heads=c.get("num_attention_heads", 12),
@@ -254,12 +288,12 @@ def teacher_from_huggingface(folder):
         elif key.startswith("encoder."):
             key = "encoder.transformer." + key[len("encoder."):]
         state[key] = value
-    return load_encoder_state(config, state, folder), None
+    return {"config": config, "encoder": state, "head": None, "file": folder}
 
 
-def teacher_from_torchaudio(name):
-    """(Encoder, None) from a torchaudio.pipelines bundle whose weights are already in the torch
-    hub cache (bundle.get_model() would download them; a teacher never does)."""
+def read_torchaudio(name):
+    """{"config", "encoder", "head": None, "file"} from a torchaudio.pipelines bundle whose weights
+    are already in the torch hub cache (bundle.get_model() would download them; a teacher never does)."""
     import torchaudio.pipelines
     bundle = getattr(torchaudio.pipelines, name, None)
     if not isinstance(bundle, torchaudio.pipelines.Wav2Vec2Bundle) or bundle._model_type != "Wav2Vec2":
@@ -272,22 +306,23 @@ def teacher_from_torchaudio(name):
                                 f"https://download.pytorch.org/torchaudio/models/{file} there, or pass a "
                                 f"local fairseq .pt or Hugging Face folder instead")
     p = bundle._params
-    config = EncoderConfig(
-        extractor_mode=p["extractor_mode"], conv_bias=p["extractor_conv_bias"],
-        conv_layers=[tuple(c) for c in p["extractor_conv_layer_config"] or HUBERT_CNN],
+    cnn = p["extractor_conv_layer_config"]  # None: HuBERT's CNN (EncoderConfig's default)
+    conv = {"conv_layers": [tuple(c) for c in cnn]} if cnn else {}
+    config = dict(
+        extractor_mode=p["extractor_mode"], conv_bias=p["extractor_conv_bias"], **conv,
         dim=p["encoder_embed_dim"], layers=p["encoder_num_layers"], heads=p["encoder_num_heads"],
         ffn=p["encoder_ff_interm_features"], pos_conv_kernel=p["encoder_pos_conv_kernel"],
         pos_conv_groups=p["encoder_pos_conv_groups"], layer_norm_first=p["encoder_layer_norm_first"],
         normalize_waveform=bundle._normalize_waveform, **TEACHER_DROPOUTS)
     state = {k: v for k, v in load_checkpoint(path, allow=pickle_allow_list()).items() if not k.startswith("aux.")}  # ASR layer
-    return load_encoder_state(config, state, path), None
+    return {"config": config, "encoder": state, "head": None, "file": path}
 
 
 # ----------------------------------------------------------------------------------------------
 # Export to transformers (HubertForCTC): config.json, model.safetensors and the processor files
 
 # Our CTCModel parameter names -> HubertForCTC's (the inverse of the prefix moves in
-# teacher_from_huggingface). The positional conv keeps the weight_g / weight_v names of the
+# read_huggingface). The positional conv keeps the weight_g / weight_v names of the
 # published HuBERT checkpoints, which every transformers version reads.
 HF_PREFIXES = [("encoder.feature_extractor.", "hubert.feature_extractor."),
                ("encoder.encoder.feature_projection.", "hubert.feature_projection."),

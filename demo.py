@@ -42,10 +42,11 @@ import jiwer
 import numpy as np
 import torch
 
+import checkpoints
 import data
 import finetune
 import model
-from distill import format_duration
+from runtime import format_duration
 
 # ----------------------------------------------------------------------------------------------
 # Sizes
@@ -309,7 +310,7 @@ def ship_teacher(pretrain_dir, corpus_dir, command_line, out=SHIPPED_TEACHER):
     """Write the pre-trained teacher as the small file the demo starts from: encoder and head in
     fp16 (8.5 MB instead of 17; the demo casts them back to fp32, the same weights on every run),
     without the k-means targets, with its record; and teacher/RECORD.md, teacher/pretrain-log.jsonl."""
-    ckpt = model.load_checkpoint(os.path.join(pretrain_dir, "teacher.pt"))
+    ckpt = checkpoints.load_checkpoint(os.path.join(pretrain_dir, "teacher.pt"))
     half = lambda state: {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     with open(os.path.join(pretrain_dir, "log.jsonl")) as f:
         curve = [json.loads(line) for line in f]
@@ -326,7 +327,7 @@ def ship_teacher(pretrain_dir, corpus_dir, command_line, out=SHIPPED_TEACHER):
     shipped = {k: ckpt[k] for k in ("format", "kind", "config")}
     shipped.update(encoder=half(ckpt["encoder"]), head=half(ckpt["head"]), record=record)
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-    model.save_checkpoint(shipped, out)
+    checkpoints.save_checkpoint(shipped, out)
     folder = os.path.dirname(out) or "."
     with open(os.path.join(folder, "pretrain-log.jsonl"), "w") as f:
         f.writelines(json.dumps(c) + "\n" for c in curve)
@@ -353,7 +354,7 @@ def check_teacher(path=SHIPPED_TEACHER):
     """Refuse a teacher file that this code would not make, saying what differs."""
     if not os.path.exists(path):
         raise SystemExit(f"error: no toy teacher at {path}; `make teacher` re-creates it (~65 min on one core)")
-    ckpt = model.load_checkpoint(path)
+    ckpt = checkpoints.load_checkpoint(path)
     record = ckpt.get("record")
     if not record:
         raise SystemExit(f"error: {path} has no record of how it was made; `make teacher` re-creates it")

@@ -15,25 +15,23 @@ Throughput of this step (audio-s/s, FLOPs utilisation): bench.py.
         --out-dir runs/tiny --max-steps 20 --disc-weight 0.5
 """
 import argparse
-import contextlib
-import json
 import math
 import os
-import random
-import shlex
-import signal
 import sys
-import threading
-import time
+from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
+import checkpoints
 import data
+import fbank_frontend
 import losses
 import model
+from runtime import (GracefulStop, Logger, RunState, add_parts, all_finite, any_rank, autocast, batch_stream,
+                     check_ranks_agree, check_same_start, finish, gather_rng, lr_at, mean_parts, next_batch,
+                     no_sync_unless, reached_max_steps, resume_hint, set_rng_state, setup, start_run)
 
 # ----------------------------------------------------------------------------------------------
 # Arguments
@@ -109,234 +107,6 @@ def parse_args(argv=None):
 
 
 # ----------------------------------------------------------------------------------------------
-# Shared training plumbing (finetune.py imports these)
-
-
-def pick_device(name):
-    """"auto" -> cuda when there is one, else cpu; anything else as torch names it."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def setup(args):
-    """Device, distributed process group (under torchrun), seeds. Returns (device, rank, world).
-
-    Each rank seeds with seed + rank, so that ranks draw different dropout masks; DDP copies rank
-    0's initial weights to every rank, and checkpoints keep every rank's RNG state."""
-    rank, world = 0, 1
-    device = pick_device(args.device)
-    distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ  # set by torchrun
-    if distributed and device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))  # one GPU per process
-    if device.type == "cuda":
-        torch.cuda.set_device(device)  # before NCCL starts; and checkpoints keep this GPU's RNG state
-    if distributed:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        rank, world = dist.get_rank(), dist.get_world_size()
-    random.seed(args.seed + rank)
-    np.random.seed(args.seed + rank)
-    torch.manual_seed(args.seed + rank)
-    return device, rank, world
-
-
-def start_run(args, rank):
-    """Create OUT, print the arguments and save them to OUT/args.json (rank 0 only)."""
-    if rank == 0:
-        os.makedirs(args.out_dir, exist_ok=True)
-        print("arguments: " + " ".join(f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()), flush=True)
-        with open(os.path.join(args.out_dir, "args.json"), "w") as f:
-            json.dump(vars(args), f, indent=2)
-
-
-def lr_at(step, max_steps, peak, warmup):
-    """Linear warmup over `warmup` (fraction of max_steps) to `peak`, then linear decay to 0."""
-    w = max(1, int(warmup * max_steps))
-    if step < w:
-        return peak * (step + 1) / w
-    return peak * max(0.0, (max_steps - step) / max(1, max_steps - w))
-
-
-def batch_stream(loader, sampler, state):
-    """Endless batches; state {"epoch", "skip"} counts what was consumed, for exact resume."""
-    while True:
-        sampler.set_epoch(state["epoch"], skip=state["skip"])
-        for batch in loader:
-            state["skip"] += 1
-            yield batch
-        state["epoch"] += 1
-        state["skip"] = 0
-
-
-def rng_state():
-    """Every random generator a step touches, as tensors and plain values (weights_only-safe)."""
-    version, mt, gauss = random.getstate()
-    _, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "python": [version, list(mt), gauss],
-             "numpy": [torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]}
-    if torch.cuda.is_initialized():  # this process's GPU only (all GPUs would wake every one of them)
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def set_rng_state(state):
-    torch.set_rng_state(state["torch"])
-    version, mt, gauss = state["python"]
-    random.setstate((version, tuple(mt), gauss))
-    keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-
-
-def check_same_start(resume, world):
-    """All ranks must resume from the same checkpoint; a rank that finds none would start over."""
-    steps = [resume["step"] if resume else None] * world
-    if world > 1:
-        dist.all_gather_object(steps, steps[0])
-    if len(set(steps)) > 1:
-        raise ValueError(f"the ranks found different checkpoints to resume from (steps {steps}); "
-                         f"--out-dir must be a folder that every node shares")
-
-
-def gather_rng(world):
-    """rng_state() of every rank, in rank order, for the checkpoint (all ranks must call it)."""
-    states = [rng_state()] * world
-    if world > 1:
-        dist.all_gather_object(states, rng_state())
-    return states
-
-
-def check_ranks_agree(module, world):
-    """Raise if the parameters differ between ranks. DDP keeps them equal; a parameter it does not
-    know of, or a step one rank skipped, would let them drift apart silently. Compares per-tensor
-    sums (float64): equal tensors give equal sums, drifted ones practically never do."""
-    if world == 1:
-        return
-    sums = [None] * world
-    dist.all_gather_object(sums, [p.detach().double().sum().item() for p in module.parameters()])
-    if any(s != sums[0] for s in sums):
-        raise RuntimeError("parameters differ between ranks; this is a bug, please report it")
-
-
-def any_rank(flag, device, world):
-    """True when `flag` holds on any rank. One all-reduce, so that every rank takes the same branch:
-    a rank that stops alone leaves the others waiting in the next all-reduce (torchaudio #3749)."""
-    flag = torch.tensor(float(bool(flag)), device=device)
-    if world > 1:
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return flag.item() > 0
-
-
-def all_finite(value, device, world):
-    """True when the loss is finite on every rank (so all ranks stop together)."""
-    return not any_rank(not torch.isfinite(value).all(), device, world)
-
-
-def next_batch(batches):
-    """(batch, None), or (None, message) when an audio file turns out broken while decoding."""
-    try:
-        return next(batches), None
-    except data.AudioError as e:
-        return None, str(e).strip().splitlines()[-1].split("AudioError: ", 1)[-1]
-
-
-def no_sync_unless(model, last):
-    """DDP all-reduces gradients in every backward; while accumulating, only the last micro-batch's
-    needs to (the others add up locally)."""
-    if last or not isinstance(model, nn.parallel.DistributedDataParallel):
-        return contextlib.nullcontext()
-    return model.no_sync()
-
-
-class GracefulStop:
-    """Ctrl-C (SIGINT; torchrun forwards it) or SIGTERM (preemption) asks the loop to stop at the
-    next step boundary, where all ranks agree (any_rank), save and exit 130: a checkpoint taken
-    mid-step would not be exact. A second Ctrl-C stops at once, without saving."""
-
-    def __enter__(self):
-        self.requested, self.previous = False, {}
-        if threading.current_thread() is threading.main_thread():  # only it may set handlers
-            self.previous = {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM)}
-        return self
-
-    def __exit__(self, *exc):
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)
-
-    def handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        print(f"\n{signal.Signals(signum).name}: stopping after this step with a checkpoint "
-              f"(Ctrl-C again: stop now, without saving)", file=sys.stderr, flush=True)
-
-
-def resume_hint():
-    argv = sys.argv if "--resume" in sys.argv else sys.argv + ["--resume"]
-    return f"continue with: python {shlex.join(argv)} (under torchrun: the same torchrun command plus --resume)"
-
-
-def finish(code, message, rank, world):
-    """Print `message` (rank 0), leave the process group, exit with `code`."""
-    if rank == 0:
-        print(message, file=sys.stderr, flush=True)
-    if world > 1:
-        dist.destroy_process_group()
-    sys.exit(code)
-
-
-def format_duration(seconds):
-    seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
-
-
-class Logger:
-    """One fixed-format progress line and one JSON line in OUT/log.jsonl per call (rank 0)."""
-
-    def __init__(self, out_dir, max_steps, rank):
-        self.path = os.path.join(out_dir, "log.jsonl")
-        self.max_steps, self.rank = max_steps, rank
-        self.t0, self.audio = time.time(), 0.0
-
-    def add_audio(self, seconds):
-        self.audio += seconds
-
-    def log(self, step, steps_done, **values):
-        elapsed = time.time() - self.t0
-        ms = 1000 * elapsed / max(1, steps_done)
-        rec = {"step": step, **values, "ms_per_step": round(ms, 1),
-               "audio_s_per_s": round(self.audio / max(elapsed, 1e-9), 2)}
-        self.t0, self.audio = time.time(), 0.0
-        if self.rank != 0:
-            return rec
-        eta = format_duration(ms / 1000 * (self.max_steps - step))
-        parts = " ".join(f"{k} {v:.4g}" for k, v in values.items() if k != "lr" and not isinstance(v, list))
-        print(f"step {step:>6}/{self.max_steps} | {parts} | lr {values.get('lr', 0):.2e} | "
-              f"{ms:.0f} ms/step | {rec['audio_s_per_s']:.1f} audio-s/s | ETA {eta}", flush=True)
-        with open(self.path, "a") as f:
-            f.write(json.dumps(rec) + "\n")
-        return rec
-
-
-def add_parts(sums, parts):
-    """Add one batch's loss parts (numbers, or per-layer lists) to sums {name: (total, batches)}."""
-    for k, v in parts.items():
-        total, n = sums.get(k, (0.0, 0))
-        sums[k] = (total + np.asarray(v, dtype=float), n + 1)
-
-
-def mean_parts(sums):
-    """{name: mean over the batches since the last log line}: what each progress line shows."""
-    return {k: (total / n).tolist() for k, (total, n) in sums.items()}
-
-
-def autocast(device, precision):
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
-
-
-# ----------------------------------------------------------------------------------------------
 # The student with its distillation heads (one module, so DDP sees every trained parameter)
 
 
@@ -361,30 +131,26 @@ def trim(x, T):
 
 
 def distill_loss(args, teacher, distiller, waves, lengths, frontend_only):
-    """One batch: returns (total loss, dict of float parts)."""
-    teacher_ctx = autocast(waves.device, "bf16" if args.precision == "bf16" else "fp32")
-    with teacher_ctx:
+    """One batch: teacher and student forwards, frames aligned, then losses.distillation_loss.
+    Returns (L, dict of float parts)."""
+    with autocast(waves.device, "bf16" if args.precision == "bf16" else "fp32"):  # teacher: never fp16
         t_hidden, t_lengths = teacher(waves, lengths)
     with autocast(waves.device, args.precision):
         pred, s_logits, s_lengths = distiller(waves, lengths, frontend_only)
     T = min(pred.shape[-2], t_hidden[0].shape[1])
-    frame_lengths = torch.minimum(s_lengths, t_lengths).clamp(max=T)
-    mask = model.padding_mask(frame_lengths, T)
+    mask = model.padding_mask(torch.minimum(s_lengths, t_lengths).clamp(max=T), T)  # (B, T)
     pred = trim(pred.float(), T)
-    if frontend_only:
-        loss = losses.frontend_loss(pred, trim(t_hidden[0].float(), T), mask)
-        return loss, {"frontend_l1": loss.item()}
-    target = torch.stack([trim(t_hidden[t].float(), T) for t in distiller_module(distiller).heads.teacher_layers])
-    loss, parts = losses.regression_loss(pred, target, mask, args.l1_weight, args.cos_weight)
-    parts = {k: v.tolist() for k, v in parts.items()}  # l1, cos: means over layers; *_layers: per layer
-    if args.disc_weight > 0:
+    if frontend_only:  # Fbank stage 1: the front-end alone predicts the transformer input
+        target = trim(t_hidden[0].float(), T)
+    else:
+        layers = distiller_module(distiller).heads.teacher_layers
+        target = torch.stack([trim(t_hidden[t].float(), T) for t in layers])  # (N, B, T, C)
+    t_logits = None
+    if args.disc_weight > 0 and not frontend_only:  # the teacher's distribution p_T over its codewords
         t_logits = trim(teacher.head.logits(t_hidden[-1].float(), args.tau), T)
         s_logits = trim(s_logits.float(), T)
-        disc_fn = losses.hard_unit_loss if args.disc_head == "hard" else losses.discriminative_loss
-        disc = disc_fn(s_logits, t_logits, mask)
-        loss = loss + args.disc_weight * disc
-        parts["disc"] = disc.item()
-    return loss, parts
+    return losses.distillation_loss(pred, target, mask, s_logits, t_logits, args.l1_weight, args.cos_weight,
+                                    args.disc_weight, args.disc_head, frontend_only)
 
 
 def distiller_module(m):
@@ -434,16 +200,81 @@ def codeword_entropy(teacher, waves, lengths, tau):
     return entropy.mean().item(), logp.exp().amax(-1)[real].mean().item(), logp.shape[-1]
 
 
+def print_codeword_entropy(teacher, waves, lengths, tau):
+    ent, top, K = codeword_entropy(teacher, waves, lengths, tau)
+    print(f"teacher codeword distribution (tau {tau:g}) on the first batch: mean entropy "
+          f"{ent:.4f} nats (uniform: log {K} = {math.log(K):.4f}), mean max probability "
+          f"{100 * top:.1f}% (near log K the discriminative targets say little; a lower --tau "
+          f"sharpens them)", flush=True)
+
+
+@dataclass(kw_only=True)
+class Run(RunState):
+    """A distillation run: build_run makes it, main steps it."""
+    teacher: model.Teacher
+    distiller: nn.Module                 # Distiller, inside DistributedDataParallel when world > 1
+
+
 def main(args):
     check_frontend_flags(args)
     device, rank, world = setup(args)
     start_run(args, rank)
+    run = build_run(args, device, rank, world)
+    teacher, distiller, optimizer, scaler = run.teacher, run.distiller, run.optimizer, run.scaler
+    logger = Logger(args.out_dir, args.max_steps, rank)
+    distiller.train()
+    last_log, interval = run.step, {}  # interval: loss parts summed since the last log line (add_parts)
+    entropy_shown = rank != 0 or teacher.head is None  # printed once, on this run's first batch
+    stop_at = min(args.max_steps, run.step + args.stop_after) if args.stop_after else args.max_steps
+    with GracefulStop() as stopper:
+        while run.step < stop_at:
+            if any_rank(stopper.requested, device, world):  # every rank stops after the same step
+                save(run, run.ckpt_path)
+                finish(130, f"interrupted: the state after step {run.step} is in {run.ckpt_path}; {resume_hint()}",
+                       rank, world)
+            frontend_only = run.step < args.frontend_steps
+            lr = lr_at(run.step, args.max_steps, args.lr, args.warmup)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            for micro in range(args.grad_accum):
+                waves, lengths = read_batch(run)
+                if not entropy_shown:  # an extra teacher forward, once; it draws no random numbers
+                    print_codeword_entropy(teacher, waves, lengths, args.tau)
+                    entropy_shown = True
+                with no_sync_unless(distiller, last=micro == args.grad_accum - 1):
+                    loss, parts = distill_loss(args, teacher, distiller, waves, lengths, frontend_only)
+                    stop_unless_finite(run, loss, parts)
+                    scaler.scale(loss / args.grad_accum).backward()
+                add_parts(interval, {"loss": loss.item(), **parts})
+                logger.add_audio(lengths.sum().item() / data.SAMPLE_RATE * world)
+            scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(distiller.parameters(), args.clip)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            run.step += 1
+            if run.step % args.log_every == 0 or run.step == args.max_steps:
+                stage = {"stage": 1.0} if frontend_only else {}
+                logger.log(run.step, run.step - last_log, **mean_parts(interval), **stage,
+                           grad_norm=float(grad_norm), lr=lr)
+                last_log, interval = run.step, {}
+            if run.step % args.save_every == 0 or run.step == stop_at:
+                save(run, run.ckpt_path)
+    end_run(run)
+
+
+# ----------------------------------------------------------------------------------------------
+# Building (or resuming) a run, saving it, stopping it
+
+
+def build_run(args, device, rank, world):
+    """Data, teacher, student with its heads (new, or from OUT/checkpoint.pt with --resume),
+    optimizer and scaler, in that order (the order the random numbers are drawn in)."""
     ckpt_path = os.path.join(args.out_dir, "checkpoint.pt")
-    resume = model.load_checkpoint(ckpt_path) if args.resume and os.path.exists(ckpt_path) else None
+    resume = checkpoints.load_checkpoint(ckpt_path) if args.resume and os.path.exists(ckpt_path) else None
     if args.resume and resume is None and rank == 0:
         print(f"--resume: no {ckpt_path} yet, starting from scratch", flush=True)
     check_same_start(resume, world)
-
     utterances = data.drop_short(data.load_corpus(args.data), quiet=rank != 0)
     loader, sampler = data.make_loader(utterances, args.batch_seconds, shuffle=True, seed=args.seed,
                                        rank=rank, world_size=world, num_workers=args.num_workers)
@@ -451,7 +282,38 @@ def main(args):
     if args.disc_weight > 0 and teacher.head is None:
         raise ValueError(f"--disc-weight needs the teacher's prediction head (final_proj + codewords); "
                          f"{args.teacher} has none (Hugging Face and fine-tuned checkpoints drop it)")
+    distiller, pairs = build_distiller(args, teacher, resume, ckpt_path, utterances, device, rank)
+    if rank == 0:
+        tcfg, scfg = teacher.config, distiller.student.config
+        n_student = model.count_parameters(distiller.student) / 1e6
+        n_heads = model.count_parameters(distiller) / 1e6 - n_student
+        print(f"teacher {args.teacher}: {tcfg.layers}x{tcfg.dim}, {model.count_parameters(teacher) / 1e6:.2f}M | "
+              f"student {args.student}: {scfg.layers}x{scfg.dim}, {n_student:.2f}M "
+              f"(+{n_heads:.2f}M heads) | pairs (student, teacher) {pairs} | {len(utterances)} utterances, "
+              f"{len(sampler)} batches/epoch/rank | device {device} x{world}", flush=True)
+    if world > 1:
+        distiller = nn.parallel.DistributedDataParallel(
+            distiller, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=args.frontend_steps > 0 or distiller.student.config.layerdrop > 0)
+    optimizer = torch.optim.AdamW(distiller.parameters(), lr=args.lr, betas=tuple(args.betas),
+                                  eps=args.eps, weight_decay=args.weight_decay)
+    scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
+    run = Run(args=args, device=device, rank=rank, world=world, ckpt_path=ckpt_path, optimizer=optimizer,
+              scaler=scaler, teacher=teacher, distiller=distiller)
+    if resume:
+        optimizer.load_state_dict(resume["optimizer"])
+        scaler.load_state_dict(resume["scaler"])
+        run.step, run.data_state, run.saved_step = resume["step"], dict(resume["data_state"]), resume["step"]
+        set_rng_state(resume["rng"][rank % len(resume["rng"])])  # exact with the same world size
+        if rank == 0:
+            print(f"resumed from {ckpt_path} at step {run.step}", flush=True)
+    run.batches = batch_stream(loader, sampler, run.data_state)  # advances run.data_state
+    return run
 
+
+def build_distiller(args, teacher, resume, ckpt_path, utterances, device, rank):
+    """The student (new from --student, or the checkpoint's) with its heads, on device; a new
+    Fbank student gets its CMVN from the training audio. Returns (distiller, pairs)."""
     if resume:
         student = model.encoder_from_checkpoint(resume, ckpt_path)
     else:
@@ -463,118 +325,66 @@ def main(args):
         set_cmvn(student, utterances, rank)
     if resume:
         distiller.load_state_dict(resume["distiller"])
-    n_student = model.count_parameters(student) / 1e6
-    n_heads = model.count_parameters(distiller) / 1e6 - n_student
-    tcfg = teacher.config
-    if rank == 0:
-        print(f"teacher {args.teacher}: {tcfg.layers}x{tcfg.dim}, {model.count_parameters(teacher) / 1e6:.2f}M | "
-              f"student {args.student}: {student.config.layers}x{student.config.dim}, {n_student:.2f}M "
-              f"(+{n_heads:.2f}M heads) | pairs (student, teacher) {pairs} | {len(utterances)} utterances, "
-              f"{len(sampler)} batches/epoch/rank | device {device} x{world}", flush=True)
-    if world > 1:
-        distiller = nn.parallel.DistributedDataParallel(
-            distiller, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=args.frontend_steps > 0 or student.config.layerdrop > 0)
+    return distiller, pairs
 
-    optimizer = torch.optim.AdamW(distiller.parameters(), lr=args.lr, betas=tuple(args.betas),
-                                  eps=args.eps, weight_decay=args.weight_decay)
-    scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
-    step, data_state = 0, {"epoch": 0, "skip": 0}
-    if resume:
-        optimizer.load_state_dict(resume["optimizer"])
-        scaler.load_state_dict(resume["scaler"])
-        step, data_state = resume["step"], dict(resume["data_state"])
-        set_rng_state(resume["rng"][rank % len(resume["rng"])])  # exact with the same world size
-        if rank == 0:
-            print(f"resumed from {ckpt_path} at step {step}", flush=True)
-    saved_step = step if resume else None
 
-    def save(path, final=False):  # called by every rank: the RNG states are gathered
-        nonlocal saved_step
-        check_ranks_agree(distiller, world)
-        rngs = None if final else gather_rng(world)
-        if rank != 0:
-            return
-        d = distiller_module(distiller)
-        student_ckpt = model.encoder_checkpoint(d.student, "student", preset=args.student,
-                                                heads=d.heads.state_dict(), heads_config=d.heads.config(),
-                                                step=step, args=vars(args))
-        if final:
-            model.save_checkpoint(student_ckpt, path)
-            return
-        model.save_checkpoint({**student_ckpt, "distiller": d.state_dict(), "optimizer": optimizer.state_dict(),
-                               "scaler": scaler.state_dict(), "data_state": dict(data_state),
-                               "rng": rngs}, path)
-        saved_step = step
+def save(run, path, final=False):
+    """Every rank calls it (the RNG states are gathered); rank 0 writes. final: the student for
+    finetune.py alone; else the whole state for --resume."""
+    check_ranks_agree(run.distiller, run.world)
+    rngs = None if final else gather_rng(run.world)
+    if run.rank != 0:
+        return
+    d, args = distiller_module(run.distiller), run.args
+    student_ckpt = checkpoints.encoder_checkpoint(d.student, "student", preset=args.student,
+                                                  heads=d.heads.state_dict(), heads_config=d.heads.config(),
+                                                  step=run.step, args=vars(args))
+    if final:
+        checkpoints.save_checkpoint(student_ckpt, path)
+        return
+    checkpoints.save_checkpoint({**student_ckpt, "distiller": d.state_dict(), "optimizer": run.optimizer.state_dict(),
+                                 "scaler": run.scaler.state_dict(), "data_state": dict(run.data_state),
+                                 "rng": rngs}, path)
+    run.saved_step = run.step
 
-    batches = batch_stream(loader, sampler, data_state)
-    logger = Logger(args.out_dir, args.max_steps, rank)
-    distiller.train()
-    last_log, interval = step, {}  # interval: loss parts summed since the last log line (add_parts)
-    entropy_shown = rank != 0 or teacher.head is None  # printed once, on this run's first batch
-    stop_at = min(args.max_steps, step + args.stop_after) if args.stop_after else args.max_steps
-    with GracefulStop() as stopper:
-        while step < stop_at:
-            if any_rank(stopper.requested, device, world):  # every rank stops after the same step
-                save(ckpt_path)
-                finish(130, f"interrupted: the state after step {step} is in {ckpt_path}; {resume_hint()}", rank, world)
-            frontend_only = step < args.frontend_steps
-            lr = lr_at(step, args.max_steps, args.lr, args.warmup)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            for micro in range(args.grad_accum):
-                batch, error = next_batch(batches)
-                if any_rank(error, device, world):
-                    if error:  # printed by the rank that read the file
-                        print(f"error: {error}", file=sys.stderr, flush=True)
-                    save(ckpt_path)
-                    finish(1, f"stopped on unreadable audio; the state after step {step} is in {ckpt_path}; "
-                              f"fix or remove the file, then {resume_hint()}", rank, world)
-                waves, lengths = batch["waves"].to(device), batch["lengths"].to(device)
-                if not entropy_shown:  # an extra teacher forward, once; it draws no random numbers
-                    ent, top, K = codeword_entropy(teacher, waves, lengths, args.tau)
-                    print(f"teacher codeword distribution (tau {args.tau:g}) on the first batch: mean entropy "
-                          f"{ent:.4f} nats (uniform: log {K} = {math.log(K):.4f}), mean max probability "
-                          f"{100 * top:.1f}% (near log K the discriminative targets say little; a lower --tau "
-                          f"sharpens them)", flush=True)
-                    entropy_shown = True
-                with no_sync_unless(distiller, last=micro == args.grad_accum - 1):
-                    loss, parts = distill_loss(args, teacher, distiller, waves, lengths, frontend_only)
-                    if not all_finite(loss.detach(), device, world):  # not saved: the weights may be the cause
-                        found = ", ".join(f"{k} {v:.4g}" for k, v in parts.items() if not isinstance(v, list))
-                        finish(1, f"error: non-finite loss at step {step + 1} ({found}); stopping. Last checkpoint: "
-                                  f"{ckpt_path if saved_step is not None else 'none'} (step {saved_step}). A teacher "
-                                  f"with broken weights fails at step 1; otherwise try a lower --lr or --precision fp32",
-                               rank, world)
-                    scaler.scale(loss / args.grad_accum).backward()
-                add_parts(interval, {"loss": loss.item(), **parts})
-                logger.add_audio(lengths.sum().item() / data.SAMPLE_RATE * world)
-            scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(distiller.parameters(), args.clip)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            if step % args.log_every == 0 or step == args.max_steps:
-                stage = {"stage": 1.0} if frontend_only else {}
-                logger.log(step, step - last_log, **mean_parts(interval), **stage, grad_norm=float(grad_norm), lr=lr)
-                last_log, interval = step, {}
-            if step % args.save_every == 0 or step == stop_at:
-                save(ckpt_path)
-    if step < args.max_steps:  # --stop-after: a checkpoint, no student.pt yet
-        if rank == 0:
-            print(f"stopped after step {step} (--stop-after): {ckpt_path}; {resume_hint()}", flush=True)
-    else:
-        save(os.path.join(args.out_dir, "student.pt"), final=True)
-        if rank == 0:
-            print(f"done: {os.path.join(args.out_dir, 'student.pt')} (student for finetune.py --init)", flush=True)
-    if world > 1:
+
+def read_batch(run):
+    """The next batch's (waves [B, S], lengths [B]) on the device; on unreadable audio (any rank)
+    every rank saves the state before this step and stops."""
+    batch, error = next_batch(run.batches)
+    if any_rank(error, run.device, run.world):
+        if error:  # printed by the rank that read the file
+            print(f"error: {error}", file=sys.stderr, flush=True)
+        save(run, run.ckpt_path)
+        finish(1, f"stopped on unreadable audio; the state after step {run.step} is in {run.ckpt_path}; "
+                  f"fix or remove the file, then {resume_hint()}", run.rank, run.world)
+    return batch["waves"].to(run.device), batch["lengths"].to(run.device)
+
+
+def stop_unless_finite(run, loss, parts):
+    """A non-finite loss on any rank stops every rank, without saving: the weights may be the cause."""
+    if all_finite(loss.detach(), run.device, run.world):
+        return
+    found = ", ".join(f"{k} {v:.4g}" for k, v in parts.items() if not isinstance(v, list))
+    last = run.ckpt_path if run.saved_step is not None else "none"
+    finish(1, f"error: non-finite loss at step {run.step + 1} ({found}); stopping. Last checkpoint: {last} "
+              f"(step {run.saved_step}). A teacher with broken weights fails at step 1; otherwise try a lower "
+              f"--lr or --precision fp32", run.rank, run.world)
+
+
+def end_run(run):
+    """After the loop: the final student.pt, or (--stop-after) only the checkpoint saved last."""
+    if reached_max_steps(run):
+        path = os.path.join(run.args.out_dir, "student.pt")
+        save(run, path, final=True)
+        if run.rank == 0:
+            print(f"done: {path} (student for finetune.py --init)", flush=True)
+    if run.world > 1:
         dist.destroy_process_group()
 
 
 def set_cmvn(student, utterances, rank, max_utts=200):
     """Global CMVN of the Fbank front-end from (a sample of) the training audio, stored in the model."""
-    import fbank_frontend
     sample = utterances[:: max(1, len(utterances) // max_utts)][:max_utts]
     mean, std = fbank_frontend.compute_cmvn(data.load_audio(u.path) for u in sample)
     student.feature_extractor.set_cmvn(mean, std)

@@ -19,10 +19,9 @@ rate:
 
 With padding 2 the 20 ms frame k is centred on sample 320 k + 200, exactly like the CNN's
 frame k, and for every length S >= 400 it yields floor((S - 400) / 320) + 1 frames, the CNN's
-count. `align_frames` still trims two sequences to a common length for safety.
+count. distill.py still trims student and teacher frames to the shorter of the two, for safety.
 
     python fbank_frontend.py stats --data runs/demo/corpus/train --out cmvn.pt
-    python fbank_frontend.py bench       # CPU inference time: fithubert vs fithubert-fbank
 """
 import argparse
 
@@ -236,16 +235,6 @@ class FbankFrontend(nn.Module):
         return x.masked_fill(pad[..., None], 0.0), out_frames
 
 
-def align_frames(a, b, a_lengths, b_lengths):
-    """Trim two frame sequences (e.g. student Fbank features and teacher CNN features, both at
-    20 ms) to the shorter T and the per-utterance minimum length. Both start at sample 0 with
-    the same hop, so trimming at the end never shifts a frame centre.
-
-    a [B, Ta, ...], b [B, Tb, ...] -> (a [B, T, ...], b [B, T, ...], lengths [B])."""
-    T = min(a.shape[1], b.shape[1])
-    return a[:, :T], b[:, :T], torch.minimum(a_lengths, b_lengths).clamp(max=T)
-
-
 # ----------------------------------------------------------------------------------------------
 # Command line: `stats` computes the global CMVN statistics of a corpus
 
@@ -265,13 +254,6 @@ def parse_args(argv=None):
     g = s.add_argument_group("io")
     g.add_argument("--out", required=True,
                    help="output file: torch.save of {'mean': [n_mels], 'std': [n_mels], 'utterances': int}")
-    b = sub.add_parser("bench", help="CPU inference time: fithubert vs fithubert-fbank vs the teacher",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    b.add_argument("--batch", type=int, default=4, help="utterances per batch")
-    b.add_argument("--seconds", type=float, default=8.0, help="length of each utterance, seconds")
-    b.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    b.add_argument("--runs", type=int, default=5, help="timed runs per model (median reported)")
-    b.add_argument("--json", help="also write the figures to this JSON file")
     return p.parse_args(argv)
 
 
@@ -281,57 +263,7 @@ def load_cmvn(path):
     return stats["mean"], stats["std"]
 
 
-def bench(args):
-    """Median inference time of whole encoders on one batch, side by side in one process."""
-    import json
-    import platform
-    import statistics
-    import time
-
-    import model
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    waves = 0.1 * torch.randn(args.batch, int(args.seconds * SAMPLE_RATE))
-    lengths = torch.full((args.batch,), waves.shape[1])
-    models = {"HuBERT Base (teacher)": model.Encoder(model.EncoderConfig()),
-              "fithubert": model.build_student("fithubert"),
-              "fithubert-fbank": model.build_student("fithubert-fbank")}
-
-    def median_ms(fn):
-        fn()  # warm-up
-        times = []
-        for _ in range(args.runs):
-            t0 = time.perf_counter()
-            fn()
-            times.append(1000 * (time.perf_counter() - t0))
-        return statistics.median(times)
-
-    rows = {}
-    with torch.inference_mode():
-        for name, m in models.items():
-            m.eval()
-            total = median_ms(lambda: m(waves, lengths))
-            front = median_ms(lambda: m.frontend(waves, lengths))
-            rows[name] = {"params_M": round(model.count_parameters(m) / 1e6, 2), "ms": round(total, 1),
-                          "frontend_ms": round(front, 1)}
-    base = rows["fithubert"]["ms"]
-    print(f"{args.batch} x {args.seconds:g} s audio, {args.threads} CPU threads, median of {args.runs} runs, "
-          f"{platform.processor() or platform.machine()}, torch {torch.__version__}")
-    print(f"{'model':<24} {'params (M)':>10} {'ms':>8} {'front-end ms':>12} {'front-end %':>11} "
-          f"{'speed vs fithubert':>18}")
-    for name, r in rows.items():
-        r["speedup_vs_fithubert"] = round(base / r["ms"], 2)
-        print(f"{name:<24} {r['params_M']:>10.2f} {r['ms']:>8.1f} {r['frontend_ms']:>12.1f} "
-              f"{100 * r['frontend_ms'] / r['ms']:>10.0f}% {r['speedup_vs_fithubert']:>17.2f}x")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"batch": args.batch, "seconds": args.seconds, "threads": args.threads, "rows": rows}, f, indent=2)
-    return rows
-
-
 def main(args):
-    if args.command == "bench":
-        return bench(args)
     if args.command == "stats":
         from data import load_corpus
         utts = load_corpus(args.data)

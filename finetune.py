@@ -24,7 +24,7 @@ import math
 import os
 import re
 import sys
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 
 import jiwer
 import torch
@@ -35,9 +35,9 @@ from tqdm import tqdm
 import checkpoints
 import data
 import model
-from distill import (GracefulStop, Logger, all_finite, any_rank, autocast, batch_stream, check_ranks_agree,
-                     check_same_start, finish, gather_rng, next_batch, no_sync_unless, resume_hint, set_rng_state,
-                     setup, start_run)
+from runtime import (GracefulStop, Logger, RunState, all_finite, any_rank, autocast, batch_stream,
+                     check_ranks_agree, check_same_start, finish, gather_rng, next_batch, no_sync_unless,
+                     reached_max_steps, resume_hint, set_rng_state, setup, start_run)
 
 # ----------------------------------------------------------------------------------------------
 # Arguments
@@ -224,7 +224,7 @@ def set_trainable(ctc, train_encoder):
 
 def ctc_checkpoint(ctc, **extra):
     head = {k: v for k, v in ctc.state_dict().items() if not k.startswith("encoder.")}  # proj, mask_embedding
-    return model.encoder_checkpoint(ctc.encoder, "ctc", ctc_config=asdict(ctc.config), ctc_head=head, **extra)
+    return checkpoints.encoder_checkpoint(ctc.encoder, "ctc", ctc_config=asdict(ctc.config), ctc_head=head, **extra)
 
 
 def ctc_from_checkpoint(ckpt, path):
@@ -237,7 +237,7 @@ def ctc_from_checkpoint(ckpt, path):
 
 
 def load_ctc(path):
-    return ctc_from_checkpoint(model.load_checkpoint(path), path).eval()
+    return ctc_from_checkpoint(checkpoints.load_checkpoint(path), path).eval()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -406,11 +406,81 @@ class FrontendCache:
         return nn.utils.rnn.pad_sequence(feats, batch_first=True), frame_lengths
 
 
+@dataclass(kw_only=True)
+class Run(RunState):
+    """A fine-tuning run: build_run makes it, train steps it."""
+    ctc: model.CTCModel
+    net: nn.Module                       # ctc, inside DistributedDataParallel when world > 1
+    trainable: list                      # parameters the optimizer updates: all but the front-end
+    valid_utts: list                     # --valid utterances (may be empty)
+    best: float = math.inf               # best dev WER so far, %
+
+
 def train(args):
     device, rank, world = setup(args)
     start_run(args, rank)
+    run = build_run(args, device, rank, world)
+    ctc, net, optimizer, scaler = run.ctc, run.net, run.optimizer, run.scaler
+    logger = Logger(args.out_dir, args.max_steps, rank)
+    cache = FrontendCache(ctc.encoder) if args.cache_frontend else None
+    last_log, interval_loss = run.step, 0.0  # the logged loss is the mean over the steps since the last line
+    stop_at = min(args.max_steps, run.step + args.stop_after) if args.stop_after else args.max_steps
+    with GracefulStop() as stopper:
+        while run.step < stop_at:
+            if any_rank(stopper.requested, device, world):  # every rank stops after the same step
+                save(run, run.ckpt_path)
+                finish(130, f"interrupted: the state after step {run.step} is in {run.ckpt_path}; {resume_hint()}",
+                       rank, world)
+            ctc.train()
+            frozen = run.step < args.freeze_steps
+            set_trainable(ctc, train_encoder=not frozen)
+            lr = tri_stage_lr(run.step, args.lr, args.warmup_steps, args.hold_steps, args.decay_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss_sum = 0.0
+            for micro in range(args.grad_accum):
+                batch = read_batch(run)
+                waves, lengths = batch["waves"].to(device), batch["lengths"].to(device)
+                targets, target_lengths = batch["targets"].to(device), batch["target_lengths"].to(device)
+                with no_sync_unless(net, last=micro == args.grad_accum - 1):
+                    features = cache(batch, device) if cache else None
+                    with autocast(device, args.precision):
+                        log_probs, frame_lengths = net(waves, lengths, features)
+                    # fairseq's ctc criterion with sentence_avg: summed over frames, averaged over utterances
+                    loss = torch.nn.functional.ctc_loss(
+                        log_probs.float().transpose(0, 1), targets.clamp(min=0), frame_lengths, target_lengths,
+                        blank=data.BLANK, reduction="sum", zero_infinity=True) / len(waves)
+                    stop_unless_finite(run, loss)
+                    scaler.scale(loss / args.grad_accum).backward()
+                loss_sum += loss.item() / args.grad_accum
+                logger.add_audio(lengths.sum().item() / data.SAMPLE_RATE * world)
+            scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(run.trainable, args.clip or math.inf)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            run.step += 1
+            interval_loss += loss_sum
+            if run.step % args.log_every == 0 or run.step == args.max_steps:
+                logger.log(run.step, run.step - last_log, ctc=interval_loss / (run.step - last_log),
+                           grad_norm=float(grad_norm), frozen=float(frozen), lr=lr)
+                last_log, interval_loss = run.step, 0.0
+            if run.valid_utts and (run.step % args.eval_every == 0 or run.step == args.max_steps):
+                validate(run)
+            if run.step % args.eval_every == 0 or run.step == stop_at:
+                save(run, run.ckpt_path)
+    end_run(run)
+
+
+# ----------------------------------------------------------------------------------------------
+# Building (or resuming) a run, validating, saving and stopping it
+
+
+def build_run(args, device, rank, world):
+    """Data, the CTC model (new from --init, or from OUT/checkpoint.pt with --resume), DDP,
+    optimizer and scaler, in that order (the order the random numbers are drawn in)."""
     ckpt_path = os.path.join(args.out_dir, "checkpoint.pt")
-    resume = model.load_checkpoint(ckpt_path) if args.resume and os.path.exists(ckpt_path) else None
+    resume = checkpoints.load_checkpoint(ckpt_path) if args.resume and os.path.exists(ckpt_path) else None
     check_same_start(resume, world)
     train_utts = load_train_set(args, rank)
     valid_utts = data.drop_short(data.load_corpus(args.valid), quiet=rank != 0) if args.valid else []
@@ -434,122 +504,106 @@ def train(args):
     optimizer = torch.optim.AdamW(trainable, lr=args.lr, betas=tuple(args.betas), eps=args.eps,
                                   weight_decay=args.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
-    step, data_state, best = 0, {"epoch": 0, "skip": 0}, float("inf")
+    run = Run(args=args, device=device, rank=rank, world=world, ckpt_path=ckpt_path, optimizer=optimizer,
+              scaler=scaler, ctc=ctc, net=net, trainable=trainable, valid_utts=valid_utts)
     if resume:
         optimizer.load_state_dict(resume["optimizer"])
         scaler.load_state_dict(resume["scaler"])
-        step, data_state, best = resume["step"], dict(resume["data_state"]), resume["best_wer"]
+        run.step, run.data_state, run.best = resume["step"], dict(resume["data_state"]), resume["best_wer"]
+        run.saved_step = run.step
         set_rng_state(resume["rng"][rank % len(resume["rng"])])  # exact with the same world size
     if rank == 0:
-        hours = sum(u.num_samples for u in train_utts) / data.SAMPLE_RATE / 3600
-        print(f"fine-tuning {model.count_parameters(ctc) / 1e6:.2f}M parameters "
-              f"({sum(p.numel() for p in trainable) / 1e6:.2f}M trainable, encoder frozen for "
-              f"{args.freeze_steps} steps) on {len(train_utts)} utterances, {hours:.3g} h, device {device} x{world}"
-              + (f"; resumed at step {step}" if resume else ""), flush=True)
-        if args.freeze_steps >= args.max_steps:
-            print(f"note: --freeze-steps {args.freeze_steps} >= --max-steps {args.max_steps}: only the CTC "
-                  f"head will train", flush=True)
-        if args.warmup_steps >= args.max_steps:
-            top = tri_stage_lr(args.max_steps - 1, args.lr, args.warmup_steps, 0, 0)
-            print(f"note: --warmup-steps {args.warmup_steps} >= --max-steps {args.max_steps}: the learning rate "
-                  f"never reaches --lr (at most {top:.3g}); for short runs give --stages, e.g. 0.1,0.4,0.5",
-                  flush=True)
-    saved_step = step if resume else None
+        print_plan(run, train_utts, resumed=resume is not None)
+    run.batches = batch_stream(loader, sampler, run.data_state)  # advances run.data_state
+    return run
 
-    def save(path, full=True):  # called by every rank: full checkpoints gather the RNG states
-        nonlocal saved_step
-        check_ranks_agree(ctc, world)
-        rngs = gather_rng(world) if full else None
-        if rank != 0:
-            return
-        extra = dict(step=step, best_wer=best, args=vars(args))
-        if full:
-            extra.update(optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
-                         data_state=dict(data_state), rng=rngs)
-            saved_step = step
-        model.save_checkpoint(ctc_checkpoint(ctc, **extra), path)
 
-    def stop_on_bad_audio(error):  # every rank calls it; the state after `step` is saved
-        if error:
-            print(f"error: {error}", file=sys.stderr, flush=True)
-        save(ckpt_path)
-        finish(1, f"stopped on unreadable audio; the state after step {step} is in {ckpt_path}; "
-                  f"fix or remove the file, then {resume_hint()}", rank, world)
+def print_plan(run, train_utts, resumed):
+    """What will train on what; notes on flags that make a short run do less than asked."""
+    args, trainable = run.args, run.trainable
+    hours = sum(u.num_samples for u in train_utts) / data.SAMPLE_RATE / 3600
+    print(f"fine-tuning {model.count_parameters(run.ctc) / 1e6:.2f}M parameters "
+          f"({sum(p.numel() for p in trainable) / 1e6:.2f}M trainable, encoder frozen for "
+          f"{args.freeze_steps} steps) on {len(train_utts)} utterances, {hours:.3g} h, device {run.device} x{run.world}"
+          + (f"; resumed at step {run.step}" if resumed else ""), flush=True)
+    if args.freeze_steps >= args.max_steps:
+        print(f"note: --freeze-steps {args.freeze_steps} >= --max-steps {args.max_steps}: only the CTC "
+              f"head will train", flush=True)
+    if args.warmup_steps >= args.max_steps:
+        top = tri_stage_lr(args.max_steps - 1, args.lr, args.warmup_steps, 0, 0)
+        print(f"note: --warmup-steps {args.warmup_steps} >= --max-steps {args.max_steps}: the learning rate "
+              f"never reaches --lr (at most {top:.3g}); for short runs give --stages, e.g. 0.1,0.4,0.5",
+              flush=True)
 
-    batches = batch_stream(loader, sampler, data_state)
-    logger = Logger(args.out_dir, args.max_steps, rank)
-    cache = FrontendCache(ctc.encoder) if args.cache_frontend else None
-    last_log, interval_loss = step, 0.0  # the logged loss is the mean over the steps since the last line
-    stop_at = min(args.max_steps, step + args.stop_after) if args.stop_after else args.max_steps
-    with GracefulStop() as stopper:
-        while step < stop_at:
-            if any_rank(stopper.requested, device, world):  # every rank stops after the same step
-                save(ckpt_path)
-                finish(130, f"interrupted: the state after step {step} is in {ckpt_path}; {resume_hint()}", rank, world)
-            ctc.train()
-            frozen = step < args.freeze_steps
-            set_trainable(ctc, train_encoder=not frozen)
-            lr = tri_stage_lr(step, args.lr, args.warmup_steps, args.hold_steps, args.decay_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss_sum = 0.0
-            for micro in range(args.grad_accum):
-                batch, error = next_batch(batches)
-                if any_rank(error, device, world):
-                    stop_on_bad_audio(error)
-                waves, lengths = batch["waves"].to(device), batch["lengths"].to(device)
-                targets, target_lengths = batch["targets"].to(device), batch["target_lengths"].to(device)
-                with no_sync_unless(net, last=micro == args.grad_accum - 1):
-                    features = cache(batch, device) if cache else None
-                    with autocast(device, args.precision):
-                        log_probs, frame_lengths = net(waves, lengths, features)
-                    # fairseq's ctc criterion with sentence_avg: summed over frames, averaged over utterances
-                    loss = torch.nn.functional.ctc_loss(
-                        log_probs.float().transpose(0, 1), targets.clamp(min=0), frame_lengths, target_lengths,
-                        blank=data.BLANK, reduction="sum", zero_infinity=True) / len(waves)
-                    if not all_finite(loss.detach(), device, world):  # not saved: the weights may be the cause
-                        finish(1, f"error: non-finite CTC loss at step {step + 1}; stopping. Last checkpoint: "
-                                  f"{ckpt_path if saved_step is not None else 'none'} (step {saved_step}); "
-                                  f"try a lower --lr or --precision fp32", rank, world)
-                    scaler.scale(loss / args.grad_accum).backward()
-                loss_sum += loss.item() / args.grad_accum
-                logger.add_audio(lengths.sum().item() / data.SAMPLE_RATE * world)
-            scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, args.clip or math.inf)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            interval_loss += loss_sum
-            if step % args.log_every == 0 or step == args.max_steps:
-                logger.log(step, step - last_log, ctc=interval_loss / (step - last_log), grad_norm=float(grad_norm),
-                           frozen=float(frozen), lr=lr)
-                last_log, interval_loss = step, 0.0
-            if valid_utts and (step % args.eval_every == 0 or step == args.max_steps):
-                try:  # every rank decodes a share
-                    wer, _ = evaluate(ctc, valid_utts, device, args.batch_seconds, rank=rank, world=world)
-                except data.AudioError as e:  # raised on every rank alike
-                    stop_on_bad_audio(str(e) if rank == 0 else None)
-                if rank == 0:
-                    print(f"step {step}: dev WER {wer:.2f}", flush=True)
-                    with open(os.path.join(args.out_dir, "log.jsonl"), "a") as f:
-                        f.write(json.dumps({"step": step, "dev_wer": wer}) + "\n")
-                if wer < best:
-                    best = wer
-                    save(os.path.join(args.out_dir, "best.pt"), full=False)
-            if step % args.eval_every == 0 or step == stop_at:
-                save(ckpt_path)
-    if step < args.max_steps:  # --stop-after: a checkpoint, no last.pt yet
-        if rank == 0:
-            print(f"stopped after step {step} (--stop-after): {ckpt_path}; {resume_hint()}", flush=True)
-    else:
-        save(os.path.join(args.out_dir, "last.pt"), full=False)
-        if not valid_utts:
-            save(os.path.join(args.out_dir, "best.pt"), full=False)
-        if rank == 0:
-            result = f"best dev WER {best:.2f}" if valid_utts else "no --valid set: best.pt = last.pt"
+
+def save(run, path, full=True):
+    """Every rank calls it (full checkpoints gather the RNG states); rank 0 writes. full: the
+    whole state for --resume; else the CTC model alone (best.pt, last.pt)."""
+    check_ranks_agree(run.ctc, run.world)
+    rngs = gather_rng(run.world) if full else None
+    if run.rank != 0:
+        return
+    extra = dict(step=run.step, best_wer=run.best, args=vars(run.args))
+    if full:
+        extra.update(optimizer=run.optimizer.state_dict(), scaler=run.scaler.state_dict(),
+                     data_state=dict(run.data_state), rng=rngs)
+        run.saved_step = run.step
+    checkpoints.save_checkpoint(ctc_checkpoint(run.ctc, **extra), path)
+
+
+def stop_on_bad_audio(run, error):
+    """Every rank calls it: the state after this step is saved, then every rank stops."""
+    if error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+    save(run, run.ckpt_path)
+    finish(1, f"stopped on unreadable audio; the state after step {run.step} is in {run.ckpt_path}; "
+              f"fix or remove the file, then {resume_hint()}", run.rank, run.world)
+
+
+def read_batch(run):
+    """The next batch (on the CPU); unreadable audio on any rank stops every rank with a checkpoint."""
+    batch, error = next_batch(run.batches)
+    if any_rank(error, run.device, run.world):
+        stop_on_bad_audio(run, error)
+    return batch
+
+
+def stop_unless_finite(run, loss):
+    """A non-finite loss on any rank stops every rank, without saving: the weights may be the cause."""
+    if all_finite(loss.detach(), run.device, run.world):
+        return
+    finish(1, f"error: non-finite CTC loss at step {run.step + 1}; stopping. Last checkpoint: "
+              f"{run.ckpt_path if run.saved_step is not None else 'none'} (step {run.saved_step}); "
+              f"try a lower --lr or --precision fp32", run.rank, run.world)
+
+
+def validate(run):
+    """Dev WER (every rank decodes a share), logged; a new best is saved as best.pt."""
+    args = run.args
+    try:
+        wer, _ = evaluate(run.ctc, run.valid_utts, run.device, args.batch_seconds, rank=run.rank, world=run.world)
+    except data.AudioError as e:  # raised on every rank alike
+        stop_on_bad_audio(run, str(e) if run.rank == 0 else None)
+    if run.rank == 0:
+        print(f"step {run.step}: dev WER {wer:.2f}", flush=True)
+        with open(os.path.join(args.out_dir, "log.jsonl"), "a") as f:
+            f.write(json.dumps({"step": run.step, "dev_wer": wer}) + "\n")
+    if wer < run.best:
+        run.best = wer
+        save(run, os.path.join(args.out_dir, "best.pt"), full=False)
+
+
+def end_run(run):
+    """After the loop: last.pt and best.pt, or (--stop-after) only the checkpoint saved last."""
+    args = run.args
+    if reached_max_steps(run):
+        save(run, os.path.join(args.out_dir, "last.pt"), full=False)
+        if not run.valid_utts:
+            save(run, os.path.join(args.out_dir, "best.pt"), full=False)
+        if run.rank == 0:
+            result = f"best dev WER {run.best:.2f}" if run.valid_utts else "no --valid set: best.pt = last.pt"
             print(f"done: {result}; {os.path.join(args.out_dir, 'best.pt')}", flush=True)
-    if world > 1:
+    if run.world > 1:
         dist.destroy_process_group()
 
 
@@ -569,5 +623,5 @@ if __name__ == "__main__":
         main(parse_args())
     except (ValueError, FileNotFoundError) as e:  # our own checks' one-line messages, no traceback
         sys.exit(f"error: {e}")
-    except KeyboardInterrupt:  # a second Ctrl-C (the first one saves, see distill.GracefulStop)
+    except KeyboardInterrupt:  # a second Ctrl-C (the first one saves, see runtime.GracefulStop)
         sys.exit(130)

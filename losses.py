@@ -1,7 +1,11 @@
 """Objectives: regression, discriminative (KL over HuBERT's codewords), hard-unit and front-end
 losses, plus the student-side heads that exist only to feed them.
 
-Follows arXiv 2210.15631, Sec. 3.1-3.3, and DistilHuBERT (arXiv 2110.01900, Eq. 1):
+Follows arXiv 2210.15631, Sec. 3.1-3.3, and DistilHuBERT (arXiv 2110.01900, Eq. 1). The objective
+of one batch, computed by distillation_loss:
+
+    L      = L_reg + disc_weight * L_disc     (L_hard instead of L_disc for the "hard" head)
+    L      = L_fe                             (Fbank stage 1: the first --frontend-steps steps)
 
     L_reg  = mean over the N predicted layers of
              w_l1 * mean|pred - target| + w_cos * mean(-log sigmoid(cos(pred, target)))
@@ -18,7 +22,7 @@ boolean selection (never multiplied by 0, so NaN/inf garbage in padding cannot l
 cosine term is not shifted: equal inputs give -log sigmoid(1) = 0.3133, as in the paper's
 formula and the authors' code.
 
-    loss, parts = regression_loss(pred, target, padding_mask)   # see distill.py
+    loss, parts = distillation_loss(pred, target, padding_mask, s_logits, t_logits, disc_weight=0.5)
 """
 import math
 
@@ -129,6 +133,34 @@ def hard_unit_loss(student_logits, teacher_logits, padding_mask):
     if s.shape[0] == 0:
         return s.sum() * 0.0
     return F.cross_entropy(s, units)
+
+
+# ----------------------------------------------------------------------------------------------
+# The objective: L of one batch
+
+
+def distillation_loss(pred, target, padding_mask, student_logits=None, teacher_logits=None, l1_weight=1.0,
+                      cos_weight=1.0, disc_weight=0.0, disc_head="cos", frontend_only=False):
+    """L = L_reg + disc_weight * L_disc (L_hard for disc_head "hard"), or L_fe when frontend_only.
+
+    pred, target: [N, B, T, C] student predictions and the teacher layers they regress to (for
+    frontend_only: [B, T, C], the projected front-end output and teacher hidden_states[0]);
+    student_logits, teacher_logits: [B, T, K] codeword logits (used when disc_weight > 0; the
+    teacher's from model.PredictionHead.logits); padding_mask [B, T] True on padding.
+    Returns (L, parts): L a scalar tensor with grad; parts the logged floats: "l1", "cos" (means
+    over layers), "l1_layers", "cos_layers" (lists, per layer), "disc"; or "frontend_l1".
+    """
+    if frontend_only:
+        loss = frontend_loss(pred, target, padding_mask)
+        return loss, {"frontend_l1": loss.item()}
+    loss, parts = regression_loss(pred, target, padding_mask, l1_weight, cos_weight)
+    parts = {k: v.tolist() for k, v in parts.items()}
+    if disc_weight > 0:
+        disc_fn = hard_unit_loss if disc_head == "hard" else discriminative_loss
+        disc = disc_fn(student_logits, teacher_logits, padding_mask)
+        loss = loss + disc_weight * disc
+        parts["disc"] = disc.item()
+    return loss, parts
 
 
 # ----------------------------------------------------------------------------------------------

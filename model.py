@@ -17,23 +17,30 @@ front-end of fbank_frontend.py in place of the waveform CNN.
 """
 import argparse
 import os
-import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 
 import torch
 from torch import nn
 from torchaudio.models import wav2vec2_model
 
+import checkpoints
+import fbank_frontend
 from losses import cosine_logits
 
 # ----------------------------------------------------------------------------------------------
 # Configuration
 
-# HuBERT's waveform CNN: (channels, kernel, stride) per layer; 400-sample receptive field and a
-# 320-sample (20 ms) hop at 16 kHz.
-HUBERT_CNN = [(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512, 2, 2)] * 2
-TOY_CNN = [(128, 10, 5)] + [(128, 3, 2)] * 4 + [(128, 2, 2)] * 2  # the demo's toy teacher (pretrain.py --conv-dim 128)
-CHECKPOINT_FORMAT = "hubert-distill/1"  # marks this project's own checkpoints
+
+def hubert_cnn(channels=512):
+    """HuBERT's waveform CNN with `channels` filters per layer: (channels, kernel, stride) per
+    layer; 400-sample receptive field and a 320-sample (20 ms) hop at 16 kHz. HuBERT has 512;
+    the demo's toy teacher 128 (pretrain.py --conv-dim 128).
+
+    >>> hubert_cnn(128)[:3]
+    [(128, 10, 5), (128, 3, 2), (128, 3, 2)]
+    """
+    return [(channels, 10, 5)] + [(channels, 3, 2)] * 4 + [(channels, 2, 2)] * 2
+
 
 
 @dataclass
@@ -41,7 +48,7 @@ class EncoderConfig:
     """Shape of one encoder; every field maps to a torchaudio.models.wav2vec2_model argument."""
     frontend: str = "cnn"                # "cnn" (HuBERT's waveform CNN) or "fbank" (fbank_frontend.py)
     extractor_mode: str = "group_norm"   # CNN norm: "group_norm" (Base, first layer) or "layer_norm" (Large)
-    conv_layers: list = field(default_factory=lambda: list(HUBERT_CNN))  # [(channels, kernel, stride)]
+    conv_layers: list = field(default_factory=hubert_cnn)  # [(channels, kernel, stride)]
     conv_bias: bool = False              # CNN conv bias (True for Large)
     dim: int = 768                       # transformer width (encoder_embed_dim)
     layers: int = 12                     # transformer layers
@@ -115,8 +122,7 @@ class Encoder(nn.Module):
         if c.frontend == "fbank":
             # The Fbank front-end ends in its own Linear(D, D), so it replaces both the CNN and
             # the CNN's feature projection: that is how the paper's 19.11M count comes out.
-            from fbank_frontend import FbankFrontend
-            self.feature_extractor = FbankFrontend(c.dim, n_mels=c.n_mels, specaugment=c.specaugment)
+            self.feature_extractor = fbank_frontend.FbankFrontend(c.dim, n_mels=c.n_mels, specaugment=c.specaugment)
             self.encoder.feature_projection = nn.Identity()
         elif c.frontend != "cnn":
             raise ValueError(f"unknown front-end {c.frontend!r}; choose 'cnn' or 'fbank'")
@@ -131,7 +137,8 @@ class Encoder(nn.Module):
         """(waves [B, S], lengths [B]) -> transformer input [B, T, D] (padding zeroed), frame_lengths [B].
         features: the front-end's output (feats, frame_lengths) when already computed (finetune.py's cache)."""
         feats, frame_lengths = features if features is not None else self.features(waves, lengths)
-        x, _ = self.encoder._preprocess(feats, frame_lengths)  # projection, zeroes padded frames
+        x = self.encoder.feature_projection(feats)  # layer norm, Linear(C -> D), dropout (Identity for Fbank)
+        x = x.masked_fill(padding_mask(frame_lengths, x.shape[1])[..., None], 0.0)  # (B, T, D)
         return x, frame_lengths
 
     def forward(self, waves, lengths, num_layers=None):
@@ -143,9 +150,14 @@ class Encoder(nn.Module):
         """Run the transformer on its input x [B, T, D]; returns (hidden_states, frame_lengths)."""
         t = self.encoder.transformer
         T = x.shape[1]
-        pad = torch.arange(T, device=x.device)[None, :] >= frame_lengths[:, None]  # (B, T) True on padding
+        pad = padding_mask(frame_lengths, T)  # (B, T) True on padding
         attn_mask = (-10000.0 * pad[:, None, None, :].to(x.dtype)).expand(-1, 1, T, T)
-        x = t._preprocess(x)  # + positional conv; layer norm for post-LN models
+        x = x + t.pos_conv_embed(x)  # relative position: grouped Conv1d over time, GELU
+        # torchaudio's Transformer.layer_norm_first is True for post-LN models (HuBERT Base):
+        # their only input layer norm comes here, before the first layer.
+        if t.layer_norm_first:
+            x = t.layer_norm(x)
+        x = t.dropout(x)  # hidden_states[0]: the transformer input
         hidden = [x]
         for i, layer in enumerate(t.layers):
             if num_layers is not None and i >= num_layers:
@@ -193,11 +205,10 @@ class PredictionHead(nn.Module):
 class Teacher(nn.Module):
     """A frozen encoder (always in eval mode: no dropout, no layerdrop) plus its optional head."""
 
-    def __init__(self, encoder: Encoder, head: PredictionHead = None, source: str = ""):
+    def __init__(self, encoder: Encoder, head: PredictionHead = None):
         super().__init__()
         self.encoder = encoder
         self.head = head
-        self.source = source
         self.requires_grad_(False)
         self.eval()
 
@@ -215,54 +226,13 @@ class Teacher(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
-# Checkpoints: plain tensors and values, atomic writes, no code execution on load
-
-
-def save_checkpoint(obj, path):
-    """torch.save to a temp file, then os.replace: a crash mid-write leaves the old file intact."""
-    tmp = f"{path}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())  # on disk before it takes the old file's name (power loss)
-    except BaseException:
-        if os.path.exists(tmp):  # a partial file must not be mistaken for a checkpoint
-            os.remove(tmp)
-        raise
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path, allow=()):
-    """torch.load(weights_only=True): tensors and plain values only, never code from the file.
-    `allow` names the few extra classes a foreign pickle may hold (checkpoints.pickle_allow_list);
-    a pickle that names anything else (os.system, a fairseq model class) is refused unrun."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such checkpoint file")
-    try:
-        with torch.serialization.safe_globals(list(allow)):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a refused global, or not a torch file at all
-        msg = str(e)
-        refused = re.search(r"GLOBAL ([\w.]+)", msg)  # torch words it in several ways
-        other = re.search(r"WeightsUnpickler error: (.+)", msg)
-        if refused:
-            reason = f"its pickle asks for {refused.group(1)}, which is not plain data; refusing to run it"
-        else:
-            reason = (other.group(1) if other else (msg.strip().splitlines() or [type(e).__name__])[0])[:200]
-        raise ValueError(f"{path}: not a loadable checkpoint ({reason})") from None
-
-
-def encoder_checkpoint(encoder: Encoder, kind: str, **extra):
-    """The dict this project saves: enough to rebuild the encoder from the file alone."""
-    return {"format": CHECKPOINT_FORMAT, "kind": kind, "config": asdict(encoder.config),
-            "encoder": encoder.state_dict(), **extra}
+# Networks from checkpoint data (checkpoints.py reads and writes the files)
 
 
 def encoder_from_checkpoint(ckpt, path="checkpoint"):
     """Rebuild an Encoder from a project checkpoint dict."""
-    if ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a checkpoint of this project (no format {CHECKPOINT_FORMAT!r})")
+    if ckpt.get("format") != checkpoints.CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a checkpoint of this project (no format {checkpoints.CHECKPOINT_FORMAT!r})")
     encoder = Encoder(EncoderConfig.from_dict(ckpt["config"]))
     try:
         encoder.load_state_dict(ckpt["encoder"])
@@ -281,6 +251,23 @@ def head_from_state(state, dim):
     return head
 
 
+def state_dict_error(e):
+    """The informative part of load_state_dict's RuntimeError, on one line."""
+    return " ".join(str(e).split()).replace("Error(s) in loading state_dict for ", "")[:300]
+
+
+def load_encoder_state(config, state, path):
+    """Encoder(config) with `state` (torchaudio names; a foreign checkpoint's) loaded strictly;
+    one-line error on mismatch."""
+    encoder = Encoder(config)
+    try:
+        encoder.load_state_dict(checkpoints.refold_pos_conv(state))
+    except RuntimeError as e:
+        raise ValueError(f"{path}: weights do not fit the architecture in its config "
+                         f"({state_dict_error(e)})") from None
+    return encoder
+
+
 def load_teacher(src: str) -> Teacher:
     """A frozen teacher (eval mode, no gradients) from any of these sources:
 
@@ -291,26 +278,31 @@ def load_teacher(src: str) -> Teacher:
       torchaudio:HUBERT_BASE (nothing is downloaded);
     - a checkpoint of this project (kind teacher, student or ctc).
     """
-    import checkpoints  # the foreign formats; imported here because they import this file
     if src.startswith("torchaudio:"):
-        encoder, head = checkpoints.teacher_from_torchaudio(src[len("torchaudio:"):])
+        foreign = checkpoints.read_torchaudio(src[len("torchaudio:"):])
     elif os.path.isdir(src):
-        encoder, head = checkpoints.teacher_from_huggingface(src)
+        foreign = checkpoints.read_huggingface(src)
     elif not os.path.exists(src):
         raise FileNotFoundError(f"{src}: no such file or folder; pass a fairseq .pt, a Hugging Face "
                                 f"folder, torchaudio:HUBERT_BASE or a checkpoint of this project")
     else:
-        ckpt = load_checkpoint(src, allow=checkpoints.pickle_allow_list())
+        ckpt = checkpoints.load_checkpoint(src, allow=checkpoints.pickle_allow_list())
         if isinstance(ckpt, dict) and "format" in ckpt:
             encoder = encoder_from_checkpoint(ckpt, src)
-            head = head_from_state(ckpt.get("head"), encoder.config.dim)
+            return Teacher(encoder, head_from_state(ckpt.get("head"), encoder.config.dim))
         elif isinstance(ckpt, dict) and "model" in ckpt and ("cfg" in ckpt or "args" in ckpt):
-            encoder, head = checkpoints.teacher_from_fairseq(ckpt, src)
+            foreign = checkpoints.read_fairseq(ckpt, src)
         else:
             found = sorted(map(str, ckpt))[:6] if isinstance(ckpt, dict) else type(ckpt).__name__
             raise ValueError(f"{src}: unknown checkpoint layout ({found}); expected a fairseq checkpoint "
                              f"('model' with 'cfg' or 'args') or a checkpoint of this project")
-    return Teacher(encoder, head, source=src)
+    encoder = load_encoder_state(EncoderConfig(**foreign["config"]), foreign["encoder"], foreign["file"])
+    try:
+        head = head_from_state(foreign["head"], encoder.config.dim)  # only fairseq files carry one
+    except RuntimeError as e:
+        raise ValueError(f"{foreign['file']}: final_proj does not fit label_embs_concat "
+                         f"({state_dict_error(e)})") from None
+    return Teacher(encoder, head)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -345,9 +337,9 @@ PRESETS = {
     # The demo's students, in the paper's proportions to demo.py's toy teacher (12 x 160, FFN 640,
     # 4 heads, HuBERT's CNN with 128 channels: HuBERT Base in miniature): S&W = 2 teacher layers,
     # D&T = 12 layers at 0.6 x the width with FFN = width (480 / 768 in the paper).
-    "toy-distilhubert": Preset(dict(dim=160, layers=2, ffn=640, heads=4, conv_layers=TOY_CNN), "last", "layers",
+    "toy-distilhubert": Preset(dict(dim=160, layers=2, ffn=640, heads=4, conv_layers=hubert_cnn(128)), "last", "layers",
                                "S&W for demo.py's toy teacher (26% of its 4.20M)"),
-    "toy-fithubert": Preset(dict(dim=96, layers=12, ffn=96, heads=4, conv_layers=TOY_CNN), "layerwise", "cnn",
+    "toy-fithubert": Preset(dict(dim=96, layers=12, ffn=96, heads=4, conv_layers=hubert_cnn(128)), "layerwise", "cnn",
                             "D&T for demo.py's toy teacher (24%)"),
     "toy-fithubert-fbank": Preset(dict(dim=96, layers=12, ffn=96, heads=4, frontend="fbank"), "layerwise", "none",
                                   "D&T with Fbank front-end for the toy teacher (-19%)"),

@@ -15,7 +15,7 @@ demo distils from a teacher that was trained the way HuBERT is:
       (HuBERT: layer 6 of 12), then a fresh model trains on them, as HuBERT does.
 
 The network is torchaudio's hubert_pretrain_model. The result, OUT/teacher.pt, is a checkpoint of
-this project (model.encoder_checkpoint) whose head (final_proj + codewords) the discriminative
+this project (checkpoints.encoder_checkpoint) whose head (final_proj + codewords) the discriminative
 distillation loss uses: `model.load_teacher("OUT/teacher.pt").head`.
 
     python pretrain.py --data corpus/train --out-dir runs/teacher --max-steps 500
@@ -33,9 +33,10 @@ from torchaudio.models import hubert_pretrain_model
 from torchaudio.models.wav2vec2 import components
 from tqdm import tqdm
 
+import checkpoints
 import data
 import model
-from distill import Logger, all_finite, batch_stream, lr_at, rng_state, set_rng_state, start_run
+from runtime import Logger, all_finite, batch_stream, lr_at, rng_state, set_rng_state, start_run
 
 # ----------------------------------------------------------------------------------------------
 # Constants (HuBERT Base unless said otherwise)
@@ -46,11 +47,6 @@ MFCC_DELTAS = 2            # + deltas + delta-deltas: 39 dims
 MFCC_PER_FRAME = 2         # 10 ms MFCC frames per 20 ms CNN frame: labels 100 Hz -> 50 Hz
 FRAME_HOP = 320            # samples per CNN frame (20 ms at 16 kHz)
 LOGIT_TEMP = 0.1           # HuBERT's cosine temperature (torchaudio _compute_logits, fairseq logit_temp)
-
-
-def conv_layers(channels):
-    """HuBERT's CNN shape (kernels 10,3,3,3,3,2,2, strides 5,2,2,2,2,2,2) with `channels` filters."""
-    return [(channels, 10, 5)] + [(channels, 3, 2)] * 4 + [(channels, 2, 2)] * 2
 
 
 # ----------------------------------------------------------------------------------------------
@@ -261,7 +257,7 @@ def batch_labels(ids, labels):
 
 def encoder_config(args):
     """The EncoderConfig of the model trained here; the teacher checkpoint stores it."""
-    return model.EncoderConfig(conv_layers=conv_layers(args.conv_dim), dim=args.dim, layers=args.layers,
+    return model.EncoderConfig(conv_layers=model.hubert_cnn(args.conv_dim), dim=args.dim, layers=args.layers,
                                heads=args.heads, ffn=args.ffn, pos_conv_kernel=args.pos_conv_kernel,
                                pos_conv_groups=args.pos_conv_groups, dropout=args.dropout,
                                attention_dropout=args.dropout, layerdrop=args.layerdrop)
@@ -307,6 +303,8 @@ def masked_prediction(hubert, waves, lengths, labels):
     if x.shape[1] != labels.shape[1]:
         raise ValueError(f"{labels.shape[1]} label frames for {x.shape[1]} model frames")
     gen = hubert.logit_generator
+    # losses.cosine_logits, written out: the masked and unmasked logits share one normalised codebook
+    # (two calls would normalise it twice and change the last bits of its gradient).
     proj = F.normalize(gen.final_proj(x).float(), dim=-1, eps=1e-8)  # (B, T, F)
     codewords = F.normalize(gen.label_embeddings.float(), dim=-1, eps=1e-8)  # (K, F)
     mask_m = mask & ~padding
@@ -330,7 +328,7 @@ def teacher_checkpoint(hubert, config, targets, args):
     head = {"final_proj.weight": gen.final_proj.weight.detach().cpu().clone(),
             "final_proj.bias": gen.final_proj.bias.detach().cpu().clone(),
             "codewords": gen.label_embeddings.detach().cpu().clone()}
-    return model.encoder_checkpoint(encoder, "teacher", head=head, targets=targets, args=vars(args))
+    return checkpoints.encoder_checkpoint(encoder, "teacher", head=head, targets=targets, args=vars(args))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -345,7 +343,7 @@ def main(args):
     torch.manual_seed(args.seed)
     start_run(args, rank=0)
     ckpt_path = os.path.join(args.out_dir, "checkpoint.pt")
-    resume = model.load_checkpoint(ckpt_path) if args.resume and os.path.exists(ckpt_path) else None
+    resume = checkpoints.load_checkpoint(ckpt_path) if args.resume and os.path.exists(ckpt_path) else None
     if args.resume and resume is None:
         print(f"--resume: no {ckpt_path} yet, starting from scratch", flush=True)
 
@@ -357,8 +355,7 @@ def main(args):
     # iterator mid-epoch), so the loader gets a private generator and resumes stay exact.
     loader.generator = torch.Generator().manual_seed(args.seed)
     config = encoder_config(args)
-    cnn = config.conv_layers
-    hop = int(np.prod([stride for _, _, stride in cnn]))
+    hop = int(np.prod([stride for _, _, stride in config.conv_layers]))
     if hop != FRAME_HOP:
         sys.exit(f"error: the CNN hop is {hop} samples; the 50 Hz labels need {FRAME_HOP}")
     hours = sum(u.num_samples for u in utterances) / data.SAMPLE_RATE / 3600
@@ -367,25 +364,9 @@ def main(args):
     first = resume["iteration"] if resume else 1
     for iteration in range(first, args.iterations + 1):
         state = resume if resume and resume["iteration"] == iteration else None
-        saved_centroids = state["centroids"] if state else None
-        if iteration == 1:
-            targets = {"iteration": 1, "features": "mfcc", "mfcc": dict(MFCC, deltas=MFCC_DELTAS),
-                       "mfcc_frames_per_label": MFCC_PER_FRAME,
-                       "label_rate": data.SAMPLE_RATE // FRAME_HOP}
-            labels, centroids = make_targets(utterances, mfcc_features, MFCC_PER_FRAME, args.clusters, cnn,
-                                             args, saved_centroids, desc="mfcc")
-        else:
-            # Iteration 2 clusters the iteration-1 model's features and then trains a fresh model,
-            # as HuBERT does: continuing would start from a model fitted to the old units' codewords.
-            layer = args.target_layer or max(1, args.layers // 2)
-            previous = model.load_teacher(os.path.join(args.out_dir, "iter1.pt")).encoder.to(device)
-            targets = {"iteration": 2, "features": f"layer {layer}", "layer": layer,
-                       "label_rate": data.SAMPLE_RATE // FRAME_HOP}
-            labels, centroids = make_targets(utterances, lambda w: layer_features(previous, layer, w), 1,
-                                             args.clusters_iter2, cnn, args, saved_centroids,
-                                             desc=f"layer {layer}")
-            del previous
-        targets["centroids"] = centroids
+        labels, targets = iteration_targets(iteration, args, utterances, config.conv_layers, device,
+                                            state["centroids"] if state else None)
+        centroids = targets["centroids"]
         hubert = build_hubert(config, len(centroids), args).to(device)
         optimizer = torch.optim.AdamW(hubert.parameters(), lr=args.lr, betas=tuple(args.betas), eps=args.eps,
                                       weight_decay=args.weight_decay)
@@ -399,55 +380,80 @@ def main(args):
         print(f"iteration {iteration}: HuBERT {config.layers}x{config.dim}, CNN {config.conv_layers[0][0]} "
               f"channels, {model.count_parameters(hubert) / 1e6:.2f}M parameters, {len(centroids)} units "
               f"from {targets['features']}", flush=True)
-
-        def save():
-            model.save_checkpoint({"iteration": iteration, "step": step, "hubert": hubert.state_dict(),
-                                   "optimizer": optimizer.state_dict(), "data_state": dict(data_state),
-                                   "rng": rng_state(), "centroids": centroids, "args": vars(args)}, ckpt_path)
-
-        batches = batch_stream(loader, sampler, data_state)
-        logger = Logger(args.out_dir, args.max_steps, rank=0)
-        sums, count = {}, 0
-        hubert.train()
-        while step < args.max_steps:
-            lr = lr_at(step, args.max_steps, args.lr, args.warmup)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            batch = next(batches)
-            waves, lengths = batch["waves"].to(device), batch["lengths"].to(device)
-            out = masked_prediction(hubert, waves, lengths, batch_labels(batch["ids"], labels).to(device))
-            loss_m = F.cross_entropy(out["logits_m"], out["units_m"])
-            loss = loss_m + args.feature_penalty * out["feature_penalty"]
-            if args.unmasked_weight > 0 and len(out["units_u"]):  # a short utterance can be all masked
-                loss = loss + args.unmasked_weight * F.cross_entropy(out["logits_u"], out["units_u"])
-            if not all_finite(loss.detach(), device, 1):
-                sys.exit(f"error: non-finite loss ({loss.item()}) at iteration {iteration}, step {step + 1}; "
-                         f"the last good checkpoint is {ckpt_path}; try a lower --lr")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(hubert.parameters(), args.clip)
-            optimizer.step()
-            step += 1
-            logger.add_audio(lengths.sum().item() / data.SAMPLE_RATE)
-            with torch.no_grad():
-                values = {"loss": loss.item(), "ce_m": loss_m.item(),
-                          "acc_m": accuracy(out["logits_m"], out["units_m"]),
-                          "acc_u": accuracy(out["logits_u"], out["units_u"]), "grad_norm": float(grad_norm)}
-            sums = {k: sums.get(k, 0.0) + v for k, v in values.items()}
-            count += 1
-            if step % args.log_every == 0 or step == args.max_steps:
-                means = {k: v / count for k, v in sums.items()}  # averaged over the logged steps
-                logger.log(step, count, iter=iteration, **means, lr=lr)
-                sums, count = {}, 0
-            if step % args.save_every == 0 or step == args.max_steps:
-                save()
-        teacher = teacher_checkpoint(hubert, config, targets, args)
+        train_iteration(args, iteration, hubert, optimizer, labels, centroids,
+                        batch_stream(loader, sampler, data_state), step, data_state, device, ckpt_path)
         name = "teacher.pt" if iteration == args.iterations else f"iter{iteration}.pt"
         out_path = os.path.join(args.out_dir, name)
-        model.save_checkpoint(teacher, out_path)
+        checkpoints.save_checkpoint(teacher_checkpoint(hubert, config, targets, args), out_path)
         print(f"iteration {iteration} done: {out_path}", flush=True)
         resume = None
     print(f"done: {os.path.join(args.out_dir, 'teacher.pt')} (teacher for distill.py --teacher)", flush=True)
+
+
+def iteration_targets(iteration, args, utterances, cnn, device, saved_centroids=None):
+    """The frame labels of one HuBERT iteration: k-means of MFCCs (1), or of the iteration-1 model's
+    layer features (2). Returns (labels {utterance id: [T]}, targets record incl. "centroids")."""
+    if iteration == 1:
+        targets = {"iteration": 1, "features": "mfcc", "mfcc": dict(MFCC, deltas=MFCC_DELTAS),
+                   "mfcc_frames_per_label": MFCC_PER_FRAME,
+                   "label_rate": data.SAMPLE_RATE // FRAME_HOP}
+        labels, centroids = make_targets(utterances, mfcc_features, MFCC_PER_FRAME, args.clusters, cnn,
+                                         args, saved_centroids, desc="mfcc")
+    else:
+        # Iteration 2 clusters the iteration-1 model's features and then trains a fresh model,
+        # as HuBERT does: continuing would start from a model fitted to the old units' codewords.
+        layer = args.target_layer or max(1, args.layers // 2)
+        previous = model.load_teacher(os.path.join(args.out_dir, "iter1.pt")).encoder.to(device)
+        targets = {"iteration": 2, "features": f"layer {layer}", "layer": layer,
+                   "label_rate": data.SAMPLE_RATE // FRAME_HOP}
+        labels, centroids = make_targets(utterances, lambda w: layer_features(previous, layer, w), 1,
+                                         args.clusters_iter2, cnn, args, saved_centroids,
+                                         desc=f"layer {layer}")
+        del previous
+    targets["centroids"] = centroids
+    return labels, targets
+
+
+def train_iteration(args, iteration, hubert, optimizer, labels, centroids, batches, step, data_state, device,
+                    ckpt_path):
+    """Masked prediction from `step` to --max-steps, logged, with checkpoints for --resume."""
+    logger = Logger(args.out_dir, args.max_steps, rank=0)
+    sums, count = {}, 0
+    hubert.train()
+    while step < args.max_steps:
+        lr = lr_at(step, args.max_steps, args.lr, args.warmup)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batch = next(batches)
+        waves, lengths = batch["waves"].to(device), batch["lengths"].to(device)
+        out = masked_prediction(hubert, waves, lengths, batch_labels(batch["ids"], labels).to(device))
+        loss_m = F.cross_entropy(out["logits_m"], out["units_m"])
+        loss = loss_m + args.feature_penalty * out["feature_penalty"]
+        if args.unmasked_weight > 0 and len(out["units_u"]):  # a short utterance can be all masked
+            loss = loss + args.unmasked_weight * F.cross_entropy(out["logits_u"], out["units_u"])
+        if not all_finite(loss.detach(), device, 1):
+            sys.exit(f"error: non-finite loss ({loss.item()}) at iteration {iteration}, step {step + 1}; "
+                     f"the last good checkpoint is {ckpt_path}; try a lower --lr")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(hubert.parameters(), args.clip)
+        optimizer.step()
+        step += 1
+        logger.add_audio(lengths.sum().item() / data.SAMPLE_RATE)
+        with torch.no_grad():
+            values = {"loss": loss.item(), "ce_m": loss_m.item(),
+                      "acc_m": accuracy(out["logits_m"], out["units_m"]),
+                      "acc_u": accuracy(out["logits_u"], out["units_u"]), "grad_norm": float(grad_norm)}
+        sums = {k: sums.get(k, 0.0) + v for k, v in values.items()}
+        count += 1
+        if step % args.log_every == 0 or step == args.max_steps:
+            means = {k: v / count for k, v in sums.items()}  # averaged over the logged steps
+            logger.log(step, count, iter=iteration, **means, lr=lr)
+            sums, count = {}, 0
+        if step % args.save_every == 0 or step == args.max_steps:  # data_state: advanced by `batches`
+            checkpoints.save_checkpoint({"iteration": iteration, "step": step, "hubert": hubert.state_dict(),
+                                         "optimizer": optimizer.state_dict(), "data_state": dict(data_state),
+                                         "rng": rng_state(), "centroids": centroids, "args": vars(args)}, ckpt_path)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,303 @@
+"""Run plumbing every driver shares: device, DDP setup, RNG state, resume, graceful stop, logging.
+
+distill.py, finetune.py and pretrain.py import these, never each other. Nothing here is about
+distillation: it is what any plain PyTorch loop needs to run on one CPU or under `torchrun` on
+many GPUs, stop cleanly on Ctrl-C or a non-finite loss (every rank together: torchaudio #3749),
+and resume bit-exactly (checkpoints keep every rank's RNG state and the data position).
+
+    device, rank, world = runtime.setup(args)          # under torchrun: one process per GPU
+    with runtime.GracefulStop() as stopper:
+        while step < max_steps:
+            if runtime.any_rank(stopper.requested, device, world):
+                ...save a checkpoint, then runtime.finish(130, "interrupted ...", rank, world)
+"""
+import contextlib
+import json
+import os
+import random
+import shlex
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+import data
+
+# ----------------------------------------------------------------------------------------------
+# Device, process group, run folder
+
+
+def pick_device(name):
+    """"auto" -> cuda when there is one, else cpu; anything else as torch names it."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def setup(args):
+    """Device, distributed process group (under torchrun), seeds. Returns (device, rank, world).
+
+    Each rank seeds with seed + rank, so that ranks draw different dropout masks; DDP copies rank
+    0's initial weights to every rank, and checkpoints keep every rank's RNG state."""
+    rank, world = 0, 1
+    device = pick_device(args.device)
+    distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ  # set by torchrun
+    if distributed and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))  # one GPU per process
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # before NCCL starts; and checkpoints keep this GPU's RNG state
+    if distributed:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        rank, world = dist.get_rank(), dist.get_world_size()
+    random.seed(args.seed + rank)
+    np.random.seed(args.seed + rank)
+    torch.manual_seed(args.seed + rank)
+    return device, rank, world
+
+
+def start_run(args, rank):
+    """Create OUT, print the arguments and save them to OUT/args.json (rank 0 only)."""
+    if rank == 0:
+        os.makedirs(args.out_dir, exist_ok=True)
+        print("arguments: " + " ".join(f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()), flush=True)
+        with open(os.path.join(args.out_dir, "args.json"), "w") as f:
+            json.dump(vars(args), f, indent=2)
+
+
+# ----------------------------------------------------------------------------------------------
+# Schedule and data position
+
+
+def lr_at(step, max_steps, peak, warmup):
+    """Linear warmup over `warmup` (fraction of max_steps) to `peak`, then linear decay to 0."""
+    w = max(1, int(warmup * max_steps))
+    if step < w:
+        return peak * (step + 1) / w
+    return peak * max(0.0, (max_steps - step) / max(1, max_steps - w))
+
+
+def batch_stream(loader, sampler, state):
+    """Endless batches; state {"epoch", "skip"} counts what was consumed, for exact resume."""
+    while True:
+        sampler.set_epoch(state["epoch"], skip=state["skip"])
+        for batch in loader:
+            state["skip"] += 1
+            yield batch
+        state["epoch"] += 1
+        state["skip"] = 0
+
+
+@dataclass(kw_only=True)
+class RunState:
+    """What every driver's loop carries between steps and saves for --resume; a driver's Run adds
+    its networks (distill.Run, finetune.Run)."""
+    args: object                         # the parsed command line
+    device: torch.device
+    rank: int                            # this process (0 without torchrun)
+    world: int                           # processes
+    ckpt_path: str                       # OUT/checkpoint.pt: the state to --resume from
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    batches: object = None               # endless batch iterator (batch_stream)
+    step: int = 0                        # optimizer steps done
+    data_state: dict = field(default_factory=lambda: {"epoch": 0, "skip": 0})  # position in the data
+    saved_step: int = None               # step of the last checkpoint written this run (None: none)
+
+
+# ----------------------------------------------------------------------------------------------
+# RNG state, and agreement between ranks (exact resume)
+
+
+def rng_state():
+    """Every random generator a step touches, as tensors and plain values (weights_only-safe)."""
+    version, mt, gauss = random.getstate()
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": [version, list(mt), gauss],
+             "numpy": [torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]}
+    if torch.cuda.is_initialized():  # this process's GPU only (all GPUs would wake every one of them)
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    version, mt, gauss = state["python"]
+    random.setstate((version, tuple(mt), gauss))
+    keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def check_same_start(resume, world):
+    """All ranks must resume from the same checkpoint; a rank that finds none would start over."""
+    steps = [resume["step"] if resume else None] * world
+    if world > 1:
+        dist.all_gather_object(steps, steps[0])
+    if len(set(steps)) > 1:
+        raise ValueError(f"the ranks found different checkpoints to resume from (steps {steps}); "
+                         f"--out-dir must be a folder that every node shares")
+
+
+def gather_rng(world):
+    """rng_state() of every rank, in rank order, for the checkpoint (all ranks must call it)."""
+    states = [rng_state()] * world
+    if world > 1:
+        dist.all_gather_object(states, rng_state())
+    return states
+
+
+def check_ranks_agree(module, world):
+    """Raise if the parameters differ between ranks. DDP keeps them equal; a parameter it does not
+    know of, or a step one rank skipped, would let them drift apart silently. Compares per-tensor
+    sums (float64): equal tensors give equal sums, drifted ones practically never do."""
+    if world == 1:
+        return
+    sums = [None] * world
+    dist.all_gather_object(sums, [p.detach().double().sum().item() for p in module.parameters()])
+    if any(s != sums[0] for s in sums):
+        raise RuntimeError("parameters differ between ranks; this is a bug, please report it")
+
+
+# ----------------------------------------------------------------------------------------------
+# Stopping: every rank takes the same branch
+
+
+def any_rank(flag, device, world):
+    """True when `flag` holds on any rank. One all-reduce, so that every rank takes the same branch:
+    a rank that stops alone leaves the others waiting in the next all-reduce (torchaudio #3749)."""
+    flag = torch.tensor(float(bool(flag)), device=device)
+    if world > 1:
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return flag.item() > 0
+
+
+def all_finite(value, device, world):
+    """True when the loss is finite on every rank (so all ranks stop together)."""
+    return not any_rank(not torch.isfinite(value).all(), device, world)
+
+
+def next_batch(batches):
+    """(batch, None), or (None, message) when an audio file turns out broken while decoding."""
+    try:
+        return next(batches), None
+    except data.AudioError as e:
+        return None, str(e).strip().splitlines()[-1].split("AudioError: ", 1)[-1]
+
+
+def no_sync_unless(model, last):
+    """DDP all-reduces gradients in every backward; while accumulating, only the last micro-batch's
+    needs to (the others add up locally)."""
+    if last or not isinstance(model, nn.parallel.DistributedDataParallel):
+        return contextlib.nullcontext()
+    return model.no_sync()
+
+
+class GracefulStop:
+    """Ctrl-C (SIGINT; torchrun forwards it) or SIGTERM (preemption) asks the loop to stop at the
+    next step boundary, where all ranks agree (any_rank), save and exit 130: a checkpoint taken
+    mid-step would not be exact. A second Ctrl-C stops at once, without saving."""
+
+    def __enter__(self):
+        self.requested, self.previous = False, {}
+        if threading.current_thread() is threading.main_thread():  # only it may set handlers
+            self.previous = {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+    def handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print(f"\n{signal.Signals(signum).name}: stopping after this step with a checkpoint "
+              f"(Ctrl-C again: stop now, without saving)", file=sys.stderr, flush=True)
+
+
+def resume_hint():
+    argv = sys.argv if "--resume" in sys.argv else sys.argv + ["--resume"]
+    return f"continue with: python {shlex.join(argv)} (under torchrun: the same torchrun command plus --resume)"
+
+
+def reached_max_steps(run):
+    """After a driver's loop: True at --max-steps; else (--stop-after) rank 0 says how to go on."""
+    if run.step >= run.args.max_steps:
+        return True
+    if run.rank == 0:
+        print(f"stopped after step {run.step} (--stop-after): {run.ckpt_path}; {resume_hint()}", flush=True)
+    return False
+
+
+def finish(code, message, rank, world):
+    """Print `message` (rank 0), leave the process group, exit with `code`."""
+    if rank == 0:
+        print(message, file=sys.stderr, flush=True)
+    if world > 1:
+        dist.destroy_process_group()
+    sys.exit(code)
+
+
+# ----------------------------------------------------------------------------------------------
+# Logging
+
+
+def format_duration(seconds):
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+class Logger:
+    """One fixed-format progress line and one JSON line in OUT/log.jsonl per call (rank 0)."""
+
+    def __init__(self, out_dir, max_steps, rank):
+        self.path = os.path.join(out_dir, "log.jsonl")
+        self.max_steps, self.rank = max_steps, rank
+        self.t0, self.audio = time.time(), 0.0
+
+    def add_audio(self, seconds):
+        self.audio += seconds
+
+    def log(self, step, steps_done, **values):
+        elapsed = time.time() - self.t0
+        ms = 1000 * elapsed / max(1, steps_done)
+        rec = {"step": step, **values, "ms_per_step": round(ms, 1),
+               "audio_s_per_s": round(self.audio / max(elapsed, 1e-9), 2)}
+        self.t0, self.audio = time.time(), 0.0
+        if self.rank != 0:
+            return rec
+        eta = format_duration(ms / 1000 * (self.max_steps - step))
+        parts = " ".join(f"{k} {v:.4g}" for k, v in values.items() if k != "lr" and not isinstance(v, list))
+        print(f"step {step:>6}/{self.max_steps} | {parts} | lr {values.get('lr', 0):.2e} | "
+              f"{ms:.0f} ms/step | {rec['audio_s_per_s']:.1f} audio-s/s | ETA {eta}", flush=True)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        return rec
+
+
+def add_parts(sums, parts):
+    """Add one batch's loss parts (numbers, or per-layer lists) to sums {name: (total, batches)}."""
+    for k, v in parts.items():
+        total, n = sums.get(k, (0.0, 0))
+        sums[k] = (total + np.asarray(v, dtype=float), n + 1)
+
+
+def mean_parts(sums):
+    """{name: mean over the batches since the last log line}: what each progress line shows."""
+    return {k: (total / n).tolist() for k, (total, n) in sums.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Precision
+
+
+def autocast(device, precision):
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
