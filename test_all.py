@@ -2081,6 +2081,21 @@ def test_a_failed_stage_stops_the_demo_naming_it(tmp_path):
         demo.run_stages(stages, str(tmp_path), start=0.0)
 
 
+def test_seed_spread_adds_low_budget_ctc_runs_with_other_seeds_and_the_table_reports_them():
+    s = demo.sizing_for(demo.parse_args([]))
+    extra = [st for st in demo.plan("R", s, spread=True) if "-seed" in st.out_dir]
+    assert sorted(st.out_dir for st in extra) == sorted(f"R/ctc/{r}-low-seed{k}" for r in demo.SPREAD_ROWS
+                                                         for k in demo.SPREAD_SEEDS)
+    base = {st.out_dir: st for st in demo.plan("R", s)}
+    for st in extra:
+        twin = base[st.out_dir.rsplit("-seed", 1)[0]].argv  # the seed-0 run: everything else equal
+        assert st.argv[st.argv.index("--seed") + 1] == st.out_dir.rsplit("seed", 1)[1]
+        assert len(st.argv) == len(twin) and sum(a != b for a, b in zip(st.argv, twin)) == 2  # only seed and folder
+    result = demo_result()
+    result["rows"][2]["seed_wers"] = [70.0, 72.5, 69.0]
+    assert "S&W student, regression: 70.0 / 72.5 / 69.0 WER (range 3.5)" in demo.markdown(result)
+
+
 def test_plan_scales_steps_and_gives_the_low_budget_to_low_runs_only():
     args = demo.parse_args(["--quick", "--steps", "2"])
     s = demo.sizing_for(args)
