@@ -12,7 +12,7 @@ here, so what `make demo` prints is what running them by hand prints:
   5. here            test WER (finetune.evaluate), CPU inference time side by side in this process,
                      results/NAME.json, .md and .png (the plot needs matplotlib)
 
-Stages run two at a time on 2 cores (--jobs), each as soon as what it needs exists; every
+stages.py runs them two at a time on 2 cores (--jobs), each as soon as what it needs exists; every
 stage's output goes to RUNS/logs/ and, tagged, to the console. A stage whose final file exists
 is skipped and an interrupted one continues with --resume, so `make demo` after a Ctrl-C picks
 up where it stopped. The toy teacher and students are shaped
@@ -30,11 +30,9 @@ import json
 import os
 import platform
 import shlex
-import signal
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass, replace
 
@@ -47,6 +45,7 @@ import data
 import finetune
 import model
 from runtime import format_duration
+from stages import Stage, check_settings, command, run_stages, wall_seconds
 
 # ----------------------------------------------------------------------------------------------
 # Sizes
@@ -140,7 +139,6 @@ PADDING = 0.85  # share of a padded batch that is real audio
 # --seed-spread: how much a row's WER moves with the fine-tuning seed alone (same distilled
 # student, same data), to read the claims' differences against: two cheap rows, low budget.
 SPREAD_ROWS, SPREAD_SEEDS = ("sw", "dt"), (1, 2)
-STAGE_THREADS = 1  # torch threads of every stage, alone or side by side: results never depend on the pairing
 MEASURE_THREADS = 2  # torch threads for the test WER and the CPU-time comparison (all models alike)
 
 
@@ -191,32 +189,11 @@ def sizing_for(args):
 
 
 # ----------------------------------------------------------------------------------------------
-# Stages
-
-
-@dataclass
-class Stage:
-    title: str         # printed in the stage header
-    tag: str           # short name: prefix of its output lines, RUNS/logs/TAG.log
-    argv: list         # script and its arguments
-    done: str          # the file that exists once the stage has finished
-    out_dir: str = ""  # holds checkpoint.pt when an interrupted stage can --resume
-    seconds: float = 0.0  # estimated duration
-    needs: tuple = ()  # files that must exist before it starts (other stages' done files)
+# Stages: the command lines of a run (stages.py runs them)
 
 
 def log_every(steps):
     return max(1, steps // 10)  # about ten progress lines per stage
-
-
-def command(script, *positional, **flags):
-    """command("finetune.py", max_steps=300, cache_frontend=True) -> ["finetune.py", "--max-steps",
-    "300", "--cache-frontend"] (a boolean is a switch: --name or --no-name)."""
-    argv = [script, *positional]
-    for name, value in flags.items():
-        flag = name.replace("_", "-")
-        argv += [f"--{flag}" if value else f"--no-{flag}"] if isinstance(value, bool) else [f"--{flag}", str(value)]
-    return argv
 
 
 def rows_of(s: Sizing):
@@ -314,7 +291,6 @@ def ship_teacher(pretrain_dir, corpus_dir, command_line, out=SHIPPED_TEACHER):
     half = lambda state: {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     with open(os.path.join(pretrain_dir, "log.jsonl")) as f:
         curve = [json.loads(line) for line in f]
-    import espeakng_loader
     from importlib.metadata import version
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                             cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
@@ -379,164 +355,6 @@ def make_teacher(args):
     run_stages(stages, runs, time.time(), jobs=1)
     ship_teacher(f"{runs}/pretrain", f"{runs}/corpus",
                  " && ".join(shlex.join(["python", *st.argv]) for st in stages))
-
-
-def stage_state(stage):
-    """"done" (skip it), "resume" (continue from its checkpoint) or "new"."""
-    if os.path.exists(stage.done):
-        return "done"
-    if stage.out_dir and os.path.exists(os.path.join(stage.out_dir, "checkpoint.pt")):
-        return "resume"
-    return "new"
-
-
-def check_settings(runs, settings):
-    """A runs folder holds one sizing: refuse to mix its outputs with those of other settings."""
-    path = os.path.join(runs, "demo_settings.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            old = json.load(f)
-        if old != settings:
-            changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
-            raise SystemExit(f"error: {runs} holds a demo run with other settings ({', '.join(changed)}); "
-                             f"delete it or pass --runs DIR")
-    else:
-        os.makedirs(runs, exist_ok=True)
-        with open(path, "w") as f:
-            json.dump(settings, f, indent=2)
-
-
-def relay(proc, tag, log_path, lock):
-    """Copy a stage's output to RUNS/logs/TAG.log and, line by line with its tag, to the console.
-    Progress-bar redraws (text ending in a carriage return) go to the log only."""
-    with open(log_path, "ab") as log:
-        pending = b""
-        for chunk in iter(lambda: proc.stdout.read1(65536), b""):
-            log.write(chunk)
-            log.flush()
-            *lines, pending = (pending + chunk).split(b"\n")
-            with lock:
-                for line in lines:
-                    line = line.rsplit(b"\r", 1)[-1].decode(errors="replace").rstrip()
-                    if line:
-                        print(f"[{tag}] {line}", flush=True)
-
-
-class Running:
-    """One started stage: its process, the thread relaying its output, its start time."""
-
-    def __init__(self, stage, number, runs, threads, lock, resume):
-        argv = [sys.executable, *stage.argv] + (["--resume"] if resume else [])
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads)}
-        os.makedirs(os.path.join(runs, "logs"), exist_ok=True)
-        log_path = os.path.join(runs, "logs", stage.tag.replace(" ", "-") + ".log")
-        with lock:
-            print(f"$ {shlex.join(['python', *argv[1:]])}  # {threads} thread(s), log {log_path}", flush=True)
-        # A session of its own: Ctrl-C reaches only this process, which passes it on once (below),
-        # so that each stage stops at its next step with a checkpoint instead of being killed.
-        self.proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        self.thread = threading.Thread(target=relay, args=(self.proc, stage.tag, log_path, lock), daemon=True)
-        self.thread.start()
-        self.stage, self.number, self.t0 = stage, number, time.time()
-
-
-def stop_all(running):
-    """Ask every running stage to stop with a checkpoint (their Ctrl-C handling) and wait for them."""
-    for r in running:
-        r.proc.send_signal(signal.SIGINT)
-    for r in running:
-        r.proc.wait()
-        r.thread.join()
-
-
-def time_left(todo, running, jobs, now):
-    """Seconds until the last stage ends if each takes its estimate: run_stages' schedule replayed
-    (each stage in turn takes the first free slot, once the stages it needs have ended)."""
-    ends = {r.stage.done: max(now, r.t0 + r.stage.seconds) for r in running}
-    slots = sorted(ends.values()) + [now] * (jobs - len(running))
-    for st in todo:
-        slot = min(slots)
-        slots.remove(slot)
-        ends[st.done] = max([slot] + [ends.get(f, now) for f in st.needs]) + st.seconds
-        slots.append(ends[st.done])
-    return max(ends.values(), default=now) - now
-
-
-def run_stages(stages, runs, start, jobs=1):
-    """Run the stages not done yet, up to `jobs` at a time, each as soon as the files it needs
-    exist; the seconds each took accumulate in RUNS/stage_seconds.json. Every stage runs on
-    STAGE_THREADS threads whatever runs beside it, so that its numbers never depend on how the
-    stages happened to be paired (float sums change with the thread count); small models use one
-    core better than two: two 1-thread fine-tuning runs side by side finish 1.4x sooner than one
-    after the other."""
-    times_path = os.path.join(runs, "stage_seconds.json")
-    times = {}
-    if os.path.exists(times_path):
-        with open(times_path) as f:
-            times = json.load(f)
-    numbers = {id(st): i for i, st in enumerate(stages, 1)}
-    todo = [st for st in stages if stage_state(st) != "done"]
-    for st in stages:
-        if st not in todo:
-            print(f"[{numbers[id(st)]}/{len(stages)}] {st.title}: done ({st.done})", flush=True)
-    running, lock, t_start = [], threading.Lock(), time.time()
-    # Ctrl-C, and a plain `kill` too, end up in the `except KeyboardInterrupt` below.
-    previous = {s: signal.signal(s, signal.default_int_handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    print(f"demo: {len(stages)} stages, {len(todo)} to run, up to {jobs} at a time; estimated "
-          f"{format_duration(time_left(todo, running, jobs, time.time()))} (times measured on 2 idle cores)",
-          flush=True)
-    try:
-        while todo or running:
-            busy = {r.stage.done for r in running}  # a stage may write its file a moment before it ends
-            ready = [st for st in todo if all(os.path.exists(f) and f not in busy for f in st.needs)]
-            for st in ready[:jobs - len(running)]:
-                todo.remove(st)
-                threads = STAGE_THREADS
-                with lock:
-                    print(f"\n[{numbers[id(st)]}/{len(stages)}] {st.title} | elapsed "
-                          f"{format_duration(time.time() - start)} | estimate {format_duration(st.seconds)}, "
-                          f"~{format_duration(time_left([st, *todo], running, jobs, time.time()))} left in all",
-                          flush=True)
-                running.append(Running(st, numbers[id(st)], runs, threads, lock, stage_state(st) == "resume"))
-            if not running:
-                raise SystemExit(f"demo: no stage can start: {todo[0].title} needs {', '.join(todo[0].needs)}")
-            time.sleep(0.2)
-            for r in [r for r in running if r.proc.poll() is not None]:
-                running.remove(r)
-                r.thread.join()
-                if r.proc.returncode != 0:
-                    stop_all(running)
-                    raise SystemExit(f"demo: stage '{r.stage.title}' failed (exit {r.proc.returncode}); its output "
-                                     f"is in {runs}/logs; fix the error and rerun: finished stages are kept and "
-                                     f"unfinished ones continue from their checkpoints")
-                times[r.stage.title] = times.get(r.stage.title, 0.0) + time.time() - r.t0
-                with open(times_path, "w") as f:
-                    json.dump(times, f, indent=2)
-                with lock:
-                    print(f"[{r.number}/{len(stages)}] finished: {r.stage.title} in "
-                          f"{format_duration(time.time() - r.t0)}", flush=True)
-    except KeyboardInterrupt:
-        print("\ndemo: Ctrl-C: stopping the running stages at their next step, with checkpoints ...", flush=True)
-        stop_all(running)
-        raise SystemExit("demo: stopped; rerun the same command to continue where it stopped")
-    finally:
-        add_wall_seconds(runs, time.time() - t_start)
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-    return times
-
-
-def wall_seconds(runs):
-    """Wall time spent running stages, summed over the invocations of a demo (RUNS/wall_seconds)."""
-    path = os.path.join(runs, "wall_seconds")
-    return float(open(path).read()) if os.path.exists(path) else 0.0
-
-
-def add_wall_seconds(runs, seconds):
-    total = wall_seconds(runs) + seconds  # read before the file is opened for writing
-    with open(os.path.join(runs, "wall_seconds"), "w") as f:
-        f.write(f"{total:.1f}\n")
 
 
 # ----------------------------------------------------------------------------------------------

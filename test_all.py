@@ -44,6 +44,7 @@ import finetune
 import losses
 import model
 import pretrain
+import stages
 from data import (BLANK, BucketBatchSampler, MIN_UTTERANCES, SAMPLE_RATE, SPLIT_SHARES, VOCAB,
                   collate, decode, encode, load_audio, load_corpus, make_loader, make_speakers,
                   read_librispeech, read_manifest, synth_corpus)
@@ -1973,14 +1974,15 @@ def test_plot_shows_wer_against_parameters_and_cpu_time(tmp_path):
 
 def test_settings_guard_refuses_to_mix_runs_of_other_sizes(tmp_path):
     settings = {"hours": 1.25, "distill_steps": 300}
-    demo.check_settings(str(tmp_path), settings)
-    demo.check_settings(str(tmp_path), dict(settings))  # same settings: fine
+    stages.check_settings(str(tmp_path), settings)
+    stages.check_settings(str(tmp_path), dict(settings))  # same settings: fine
     with pytest.raises(SystemExit, match="distill_steps"):
-        demo.check_settings(str(tmp_path), {**settings, "distill_steps": 800})
+        stages.check_settings(str(tmp_path), {**settings, "distill_steps": 800})
 
 
 def test_shipped_teacher_is_fp16_with_its_record_and_a_mismatched_one_is_refused(tmp_path, monkeypatch):
-    pretrain_dir, corpus = tmp_path / "pretrain", write_tone_corpus(str(tmp_path / "corpus" / "train"), utterances=2)
+    pretrain_dir = tmp_path / "pretrain"
+    write_tone_corpus(str(tmp_path / "corpus" / "train"), utterances=2)  # the teacher's corpus: hashed into its record
     pretrain_dir.mkdir()
     save_teacher(pretrain_dir / "teacher.pt")
     monkeypatch.setattr(demo, "TEACHER", {k: TEACHER[k] for k in ("layers", "dim", "ffn", "heads")} |
@@ -2029,19 +2031,19 @@ def test_finished_stages_are_skipped_and_interrupted_ones_resume(tmp_path, capsy
     ckpt_dir = tmp_path / "interrupted"
     ckpt_dir.mkdir()
     (ckpt_dir / "checkpoint.pt").write_bytes(b"")
-    stages = [demo.Stage("finished", "a", ["-c", "raise SystemExit(3)"], done),  # would fail if it ran
-              demo.Stage("interrupted", "b", ["-c", write_argv, resumed], resumed, str(ckpt_dir)),
-              demo.Stage("new", "c", ["-c", write_argv, fresh], fresh, str(tmp_path / "new"))]
-    assert [demo.stage_state(s) for s in stages] == ["done", "resume", "new"]
-    times = demo.run_stages(stages, str(tmp_path), start=0.0)
+    todo = [stages.Stage("finished", "a", ["-c", "raise SystemExit(3)"], done),  # would fail if it ran
+            stages.Stage("interrupted", "b", ["-c", write_argv, resumed], resumed, str(ckpt_dir)),
+            stages.Stage("new", "c", ["-c", write_argv, fresh], fresh, str(tmp_path / "new"))]
+    assert [stages.stage_state(s) for s in todo] == ["done", "resume", "new"]
+    times = stages.run_stages(todo, str(tmp_path), start=0.0)
     assert json.load(open(resumed)) == [resumed, "--resume"]
     assert json.load(open(fresh)) == [fresh]
     assert set(times) == {"interrupted", "new"}
     assert "[1/3] finished: done" in capsys.readouterr().out
     assert float((tmp_path / "wall_seconds").read_text()) > 0
-    before = demo.wall_seconds(str(tmp_path))
-    demo.add_wall_seconds(str(tmp_path), 2.0)  # a later invocation adds to it
-    assert demo.wall_seconds(str(tmp_path)) == pytest.approx(before + 2.0, abs=0.1)
+    before = stages.wall_seconds(str(tmp_path))
+    stages.add_wall_seconds(str(tmp_path), 2.0)  # a later invocation adds to it
+    assert stages.wall_seconds(str(tmp_path)) == pytest.approx(before + 2.0, abs=0.1)
 
 
 def test_stages_run_side_by_side_after_what_they_need_with_tagged_output(tmp_path, capsys):
@@ -2052,33 +2054,33 @@ def test_stages_run_side_by_side_after_what_they_need_with_tagged_output(tmp_pat
               "print('bar 1%\\rbar 100%'); print('threads', os.environ['OMP_NUM_THREADS']); "
               "open(sys.argv[1], 'w').write(str(time.time())); time.sleep(float(sys.argv[3]))")
     slow, other, after = (str(tmp_path / n) for n in ("slow", "other", "after"))
-    stages = [demo.Stage("slow stage", "slow", ["-c", script, slow, "1.0", "0.5"], slow),
-              demo.Stage("dependent stage", "after", ["-c", script, after, "0", "0"], after, needs=(slow,)),
-              demo.Stage("other stage", "other", ["-c", script, other, "0", "0"], other)]
+    todo = [stages.Stage("slow stage", "slow", ["-c", script, slow, "1.0", "0.5"], slow),
+            stages.Stage("dependent stage", "after", ["-c", script, after, "0", "0"], after, needs=(slow,)),
+            stages.Stage("other stage", "other", ["-c", script, other, "0", "0"], other)]
     t0 = time.time()
-    demo.run_stages(stages, str(tmp_path), start=t0, jobs=2)
+    stages.run_stages(todo, str(tmp_path), start=t0, jobs=2)
     ends = {n: float(open(p).read()) for n, p in (("slow", slow), ("other", other), ("after", after))}
     assert ends["other"] < ends["slow"]  # other did not wait for slow
     assert ends["after"] > ends["slow"] + 0.5  # after waited for slow to exit
     out = capsys.readouterr().out
     assert "[slow] bar 100%" in out and "[slow] bar 1%" not in out
-    assert f"[other] threads {max(1, (os.cpu_count() or 1) // 2)}" in out
+    assert f"[other] threads {stages.STAGE_THREADS}" in out  # the same whatever runs beside it
     assert b"bar 1%\rbar 100%" in (tmp_path / "logs" / "slow.log").read_bytes()
     assert time.time() - t0 < 8
 
 
 def test_time_left_replays_the_schedule_with_the_estimates():
-    teacher = demo.Stage("teacher", "t", [], "T", seconds=100)
-    a, b, c = (demo.Stage(n, n, [], n, seconds=s, needs=("T",)) for n, s in (("a", 50), ("b", 50), ("c", 20)))
-    assert demo.time_left([teacher, a, b, c], [], jobs=2, now=0) == 170  # 100, then a|b, then c
-    assert demo.time_left([teacher, a, b, c], [], jobs=1, now=0) == 220
-    assert demo.time_left([a, b], [], jobs=2, now=0) == 50  # the teacher is done
+    teacher = stages.Stage("teacher", "t", [], "T", seconds=100)
+    a, b, c = (stages.Stage(n, n, [], n, seconds=s, needs=("T",)) for n, s in (("a", 50), ("b", 50), ("c", 20)))
+    assert stages.time_left([teacher, a, b, c], [], jobs=2, now=0) == 170  # 100, then a|b, then c
+    assert stages.time_left([teacher, a, b, c], [], jobs=1, now=0) == 220
+    assert stages.time_left([a, b], [], jobs=2, now=0) == 50  # the teacher is done
 
 
 def test_a_failed_stage_stops_the_demo_naming_it(tmp_path):
-    stages = [demo.Stage("broken", "broken", ["-c", "raise SystemExit(2)"], str(tmp_path / "never"))]
+    todo = [stages.Stage("broken", "broken", ["-c", "raise SystemExit(2)"], str(tmp_path / "never"))]
     with pytest.raises(SystemExit, match="stage 'broken' failed \\(exit 2\\)"):
-        demo.run_stages(stages, str(tmp_path), start=0.0)
+        stages.run_stages(todo, str(tmp_path), start=0.0)
 
 
 def test_seed_spread_adds_low_budget_ctc_runs_with_other_seeds_and_the_table_reports_them():
