@@ -283,17 +283,18 @@ def tree_sha256(folder):
     return h.hexdigest()
 
 
-def ship_teacher(pretrain_dir, corpus_dir, command_line, out=SHIPPED_TEACHER):
+def ship_teacher(pretrain_dir, corpus_dir, command_line, out=SHIPPED_TEACHER, commit=None):
     """Write the pre-trained teacher as the small file the demo starts from: encoder and head in
     fp16 (8.5 MB instead of 17; the demo casts them back to fp32, the same weights on every run),
-    without the k-means targets, with its record; and teacher/RECORD.md, teacher/pretrain-log.jsonl."""
+    without the k-means targets, with its record; and teacher/RECORD.md, teacher/pretrain-log.jsonl.
+    commit: the commit the pre-training ran at (default: the current one)."""
     ckpt = checkpoints.load_checkpoint(os.path.join(pretrain_dir, "teacher.pt"))
     half = lambda state: {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     with open(os.path.join(pretrain_dir, "log.jsonl")) as f:
         curve = [json.loads(line) for line in f]
     from importlib.metadata import version
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                            cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+    commit = commit or subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                      cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
     record = {"teacher": TEACHER, "training": TEACHER_TRAINING, "command": command_line, "commit": commit,
               "corpus": {**TEACHER_CORPUS, "synth_version": data.SYNTH_VERSION,
                          "train_sha256": tree_sha256(os.path.join(corpus_dir, "train")),
