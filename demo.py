@@ -85,12 +85,12 @@ class Sizing:
 
 # "full" fits 45 min on 2 CPU cores (rates in SPEED), the teacher being shipped: 4 distillations
 # of 400 steps of 16 s (~1.5 epochs of the 1 h train set each), then 12 CTC runs, long enough for
-# the dev WER to level off: 1600 steps at the larger budget (~6 epochs), 800 at the low one (6 min
-# of labels, ~35 epochs). The from-scratch row gets the distillation's 400 steps on top. "quick"
+# the dev WER to level off: 1400 steps at the larger budget (~5.5 epochs), 700 at the low one (6
+# min of labels, ~30 epochs). The from-scratch row gets the distillation's 400 steps on top. "quick"
 # runs the teacher, the from-scratch student and an S&W student at one budget in ~5 min, with
 # 8 s batches (twice the updates per second of 16 s ones).
 SIZINGS = {
-    "full": Sizing(hours=1.25, distill_steps=400, frontend_steps=80, finetune_steps=1600, low_finetune_steps=800,
+    "full": Sizing(hours=1.25, distill_steps=400, frontend_steps=80, finetune_steps=1400, low_finetune_steps=700,
                    freeze_steps=50, low_hours=0.1, batch_seconds=16.0, eval_every=200),
     "quick": Sizing(hours=0.5, distill_steps=200, frontend_steps=40, finetune_steps=800, low_finetune_steps=800,
                     freeze_steps=25, low_hours=0.05, batch_seconds=8.0, eval_every=200,
@@ -134,7 +134,7 @@ ROWS = [
 # two stages side by side, for the time estimates printed with every stage; fine-tuning with the
 # front-end cache (--cache-frontend).
 SPEED = {"synth": 400.0, "pretrain": 21.0, "distill": 12.0, "distill-fbank": 20.0,
-         "finetune": 68.0, "finetune-teacher": 41.0}
+         "finetune": 54.0, "finetune-teacher": 34.0}
 PADDING = 0.85  # share of a padded batch that is real audio
 # --seed-spread: how much a row's WER moves with the fine-tuning seed alone (same distilled
 # student, same data), to read the claims' differences against: two cheap rows, low budget.
