@@ -31,7 +31,8 @@ import losses
 import model
 from runtime import (GracefulStop, Logger, RunState, add_parts, all_finite, any_rank, autocast, batch_stream,
                      check_ranks_agree, check_same_start, finish, gather_rng, lr_at, mean_parts, next_batch,
-                     no_sync_unless, reached_max_steps, resume_hint, set_rng_state, setup, start_run)
+                     last_step, no_sync_unless, reached_max_steps, resume_hint, set_rng_state, setup, start_run,
+                     stop_if_asked)
 
 # ----------------------------------------------------------------------------------------------
 # Arguments
@@ -225,13 +226,10 @@ def main(args):
     distiller.train()
     last_log, interval = run.step, {}  # interval: loss parts summed since the last log line (add_parts)
     entropy_shown = rank != 0 or teacher.head is None  # printed once, on this run's first batch
-    stop_at = min(args.max_steps, run.step + args.stop_after) if args.stop_after else args.max_steps
+    stop_at = last_step(run)
     with GracefulStop() as stopper:
         while run.step < stop_at:
-            if any_rank(stopper.requested, device, world):  # every rank stops after the same step
-                save(run, run.ckpt_path)
-                finish(130, f"interrupted: the state after step {run.step} is in {run.ckpt_path}; {resume_hint()}",
-                       rank, world)
+            stop_if_asked(stopper, run, save)
             frontend_only = run.step < args.frontend_steps
             lr = lr_at(run.step, args.max_steps, args.lr, args.warmup)
             for group in optimizer.param_groups:

@@ -37,7 +37,7 @@ import data
 import model
 from runtime import (GracefulStop, Logger, RunState, all_finite, any_rank, autocast, batch_stream,
                      check_ranks_agree, check_same_start, finish, gather_rng, next_batch, no_sync_unless,
-                     reached_max_steps, resume_hint, set_rng_state, setup, start_run)
+                     last_step, reached_max_steps, resume_hint, set_rng_state, setup, start_run, stop_if_asked)
 
 # ----------------------------------------------------------------------------------------------
 # Arguments
@@ -424,13 +424,10 @@ def train(args):
     logger = Logger(args.out_dir, args.max_steps, rank)
     cache = FrontendCache(ctc.encoder) if args.cache_frontend else None
     last_log, interval_loss = run.step, 0.0  # the logged loss is the mean over the steps since the last line
-    stop_at = min(args.max_steps, run.step + args.stop_after) if args.stop_after else args.max_steps
+    stop_at = last_step(run)
     with GracefulStop() as stopper:
         while run.step < stop_at:
-            if any_rank(stopper.requested, device, world):  # every rank stops after the same step
-                save(run, run.ckpt_path)
-                finish(130, f"interrupted: the state after step {run.step} is in {run.ckpt_path}; {resume_hint()}",
-                       rank, world)
+            stop_if_asked(stopper, run, save)
             ctc.train()
             frozen = run.step < args.freeze_steps
             set_trainable(ctc, train_encoder=not frozen)

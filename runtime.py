@@ -227,6 +227,21 @@ def resume_hint():
     return f"continue with: python {shlex.join(argv)} (under torchrun: the same torchrun command plus --resume)"
 
 
+def last_step(run):
+    """The step this run ends after: --max-steps, or earlier with --stop-after N."""
+    args = run.args
+    return min(args.max_steps, run.step + args.stop_after) if args.stop_after else args.max_steps
+
+
+def stop_if_asked(stopper, run, save):
+    """At a step boundary: when Ctrl-C or SIGTERM reached any rank (GracefulStop), every rank
+    saves with save(run, path) and exits 130 after the same step."""
+    if any_rank(stopper.requested, run.device, run.world):
+        save(run, run.ckpt_path)
+        finish(130, f"interrupted: the state after step {run.step} is in {run.ckpt_path}; {resume_hint()}",
+               run.rank, run.world)
+
+
 def reached_max_steps(run):
     """After a driver's loop: True at --max-steps; else (--stop-after) rank 0 says how to go on."""
     if run.step >= run.args.max_steps:
