@@ -308,7 +308,8 @@ def ship_teacher(pretrain_dir, corpus_dir, command_line, out=SHIPPED_TEACHER, co
     folder = os.path.dirname(out) or "."
     with open(os.path.join(folder, "pretrain-log.jsonl"), "w") as f:
         f.writelines(json.dumps(c) + "\n" for c in curve)
-    lines = ["# The shipped toy teacher", "", f"`{out}` ({os.path.getsize(out) / 1e6:.1f} MB, fp16), made by",
+    shown = os.path.relpath(out, os.path.dirname(os.path.abspath(__file__)))
+    lines = ["# The shipped toy teacher", "", f"`{shown}` ({os.path.getsize(out) / 1e6:.1f} MB, fp16), made by",
              "", "```", command_line, "```", "", f"at commit `{commit}` on {machine()}, {record['date']}; "
              f"re-create it with `make teacher`. Record (also inside the file, `record`):", "", "```json",
              json.dumps(record, indent=2), "```", "", "Masked-unit accuracy (acc_m) and unmasked (acc_u) "
