@@ -57,6 +57,7 @@ def stage_state(stage):
 def check_settings(runs, settings):
     """A runs folder holds one sizing: refuse to mix its outputs with those of other settings."""
     path = os.path.join(runs, "demo_settings.json")
+    settings = json.loads(json.dumps(settings))  # as the file holds them: tuples become lists
     if os.path.exists(path):
         with open(path) as f:
             old = json.load(f)

@@ -1973,9 +1973,12 @@ def test_plot_shows_wer_against_parameters_and_cpu_time(tmp_path):
 
 
 def test_settings_guard_refuses_to_mix_runs_of_other_sizes(tmp_path):
-    settings = {"hours": 1.25, "distill_steps": 300}
+    settings = {"hours": 1.25, "distill_steps": 300, "budgets": ("low", "high")}
     stages.check_settings(str(tmp_path), settings)
-    stages.check_settings(str(tmp_path), dict(settings))  # same settings: fine
+    stages.check_settings(str(tmp_path), dict(settings))  # same settings (a tuple read back as a list): fine
+    quick = vars(demo.sizing_for(demo.parse_args(["--quick"])))  # rows and budgets are tuples
+    stages.check_settings(str(tmp_path / "q"), quick)
+    stages.check_settings(str(tmp_path / "q"), quick)  # a rerun (after Ctrl-C) of the same run is let in
     with pytest.raises(SystemExit, match="distill_steps"):
         stages.check_settings(str(tmp_path), {**settings, "distill_steps": 800})
 
