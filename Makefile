@@ -15,9 +15,10 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 test: $(VENV)/.installed
 	OMP_NUM_THREADS=2 $(PY) -m pytest -q test_all.py
 
-# make demo: the README's results table (<= 45 min on 2 CPU cores, see README); QUICK=1: the same flow on a
-# small corpus with few steps (~3 min); HOURS=h (corpus hours) and STEPS=x (multiplier of every
-# stage's steps) for a longer, better run; RUNS=dir for the stages' outputs (default runs/NAME).
+# make demo: the README's results table from the shipped teacher (30 min on 2 CPU cores, see README);
+# QUICK=1: the teacher, a student from scratch and an S&W student at one label budget (~4 min);
+# HOURS=h (corpus hours) and STEPS=x (multiplier of every stage's steps) for a longer, better run;
+# RUNS=dir for the stages' outputs (default runs/NAME).
 # An interrupted `make demo` continues where it stopped.
 demo: $(VENV)/.installed
 	$(PY) demo.py $(if $(filter 1 yes true,$(QUICK)),--quick) $(if $(HOURS),--hours $(HOURS)) \

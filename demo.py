@@ -4,13 +4,14 @@ Every stage is one of this project's command lines, run as a subprocess whose ou
 here, so what `make demo` prints is what running them by hand prints:
 
   1. data.py synth   toy corpus in LibriSpeech layout; dev and test voices are held out of train
-  2. pretrain.py     toy HuBERT teacher (MFCC k-means units, masked prediction, prediction head)
+  2. pretrain.py     the toy HuBERT teacher (MFCC k-means units, masked prediction, prediction
+                     head): made once, shipped in teacher/ (`make teacher`, --make-teacher)
   3. distill.py      the paper's students (Sec. 3): S&W and D&T with the regression loss, D&T with
                      the discriminative loss added, D&T with the Fbank front-end (two stages), and
                      with --max-steps 0 the from-scratch student (see ROWS)
   4. finetune.py     CTC on a low label budget and on all of train, for the teacher and every student
   5. here            test WER (finetune.evaluate), CPU inference time side by side in this process,
-                     results/NAME.json, .md and .png (the plot needs matplotlib)
+                     the paper's claims by paired bootstrap intervals, results/NAME.json, .md, .png
 
 stages.py runs them two at a time on 2 cores (--jobs), each as soon as what it needs exists; every
 stage's output goes to RUNS/logs/ and, tagged, to the console. A stage whose final file exists
@@ -18,7 +19,7 @@ is skipped and an interrupted one continues with --resume, so `make demo` after 
 up where it stopped. The toy teacher and students are shaped
 like HuBERT Base and the paper's students (see TEACHER and model.PRESETS "toy-*").
 
-    python demo.py --quick              # the same flow on a small corpus, few steps (make demo QUICK=1)
+    python demo.py --quick              # teacher, scratch and S&W at one budget in ~4 min (make demo QUICK=1)
     python demo.py                      # the README's table (make demo)
     python demo.py --hours 4 --steps 3  # a longer, better run (make demo HOURS=4 STEPS=3)
     python demo.py --readme             # put results/demo.md into README.md's Results section
@@ -150,8 +151,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("size")
-    g.add_argument("--quick", action="store_true", help="small corpus and few steps: the same flow in minutes")
-    g.add_argument("--hours", type=float, help="corpus hours (default: 1.25, --quick 0.2)")
+    g.add_argument("--quick", action="store_true", help="three rows (teacher, scratch, S&W), one budget, in ~4 minutes")
+    g.add_argument("--hours", type=float, help="corpus hours (default: 1.25, --quick 0.5)")
     g.add_argument("--steps", type=float, default=1.0, help="multiplier of every stage's steps")
     g = p.add_argument_group("io")
     g.add_argument("--runs", help="folder of the stages' outputs (default: runs/NAME)")
