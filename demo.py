@@ -134,8 +134,8 @@ ROWS = [
 # Audio seconds per second of each stage on one core of an idle 2-core machine (STAGE_THREADS),
 # two stages side by side, for the time estimates printed with every stage; fine-tuning with the
 # front-end cache (--cache-frontend).
-SPEED = {"synth": 400.0, "pretrain": 21.0, "distill": 12.0, "distill-fbank": 20.0,
-         "finetune": 54.0, "finetune-teacher": 34.0}
+SPEED = {"synth": 400.0, "pretrain": 21.0, "distill": 23.0, "distill-fbank": 36.0,
+         "finetune": 85.0, "finetune-teacher": 34.0}  # from the stage times of results/demo.json
 PADDING = 0.85  # share of a padded batch that is real audio
 # --seed-spread: how much a row's WER moves with the fine-tuning seed alone (same distilled
 # student, same data), to read the claims' differences against: two cheap rows, low budget.
