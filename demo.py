@@ -38,14 +38,15 @@ import time
 from dataclasses import asdict, dataclass, replace
 
 import jiwer
-import numpy as np
 import torch
 
 import checkpoints
 import data
 import finetune
 import model
+from results import README, claims, markdown, plot, replace_section, word_errors
 from runtime import format_duration
+from scoring import evaluate, normalize_for_wer
 from stages import Stage, check_settings, command, run_stages, wall_seconds
 
 # ----------------------------------------------------------------------------------------------
@@ -402,9 +403,9 @@ def measure(runs, s: Sizing, timing_runs):
         wer, cer, errors = {}, {}, {}
         for budget in s.budgets:
             ctc = finetune.load_ctc(f"{runs}/ctc/{row.name}-{budget}/best.pt")
-            wer[budget], pairs = finetune.evaluate(ctc, test, torch.device("cpu"), s.batch_seconds,
+            wer[budget], pairs = evaluate(ctc, test, torch.device("cpu"), s.batch_seconds,
                                                    desc=f"test WER {row.name} ({budget})")
-            refs, hyps = ([finetune.normalize_for_wer(p[i]) for p in pairs] for i in (1, 2))
+            refs, hyps = ([normalize_for_wer(p[i]) for p in pairs] for i in (1, 2))
             cer[budget] = 100.0 * jiwer.cer(refs, hyps)
             words, errors[budget] = word_errors(refs, hyps)
         models[row.name] = ctc.eval()
@@ -414,7 +415,7 @@ def measure(runs, s: Sizing, timing_runs):
     for r in rows:  # --seed-spread runs, when there are any: test WER per CTC seed
         runs_of = [f"{runs}/ctc/{r['name']}-low-seed{seed}/best.pt" for seed in SPREAD_SEEDS]
         if "low" in s.budgets and all(os.path.exists(p) for p in runs_of):
-            r["seed_wers"] = [r["wer"]["low"]] + [finetune.evaluate(finetune.load_ctc(p), test, torch.device("cpu"),
+            r["seed_wers"] = [r["wer"]["low"]] + [evaluate(finetune.load_ctc(p), test, torch.device("cpu"),
                                                                     s.batch_seconds)[0] for p in runs_of]
     batch = data.collate([data.AudioDataset(test)[i] for i in range(min(8, len(test)))])
     ms = time_models(models, batch["waves"], batch["lengths"], timing_runs)
@@ -422,165 +423,6 @@ def measure(runs, s: Sizing, timing_runs):
         r["cpu_ms"], r["time_ratio"] = ms[r["name"]], ms[r["name"]] / ms["teacher"]
     batch_audio = batch["lengths"].sum().item() / data.SAMPLE_RATE
     return rows, hours, batch_audio, words
-
-
-def word_errors(refs, hyps):
-    """Per utterance: (reference word counts, word errors = substitutions + deletions + insertions);
-    WER = sum(errors) / sum(words)."""
-    out = jiwer.process_words(refs, [h if h else "" for h in hyps])
-    errors = [sum(max(c.ref_end_idx - c.ref_start_idx, c.hyp_end_idx - c.hyp_start_idx)
-                  for c in chunks if c.type != "equal") for chunks in out.alignments]
-    return [len(r.split()) for r in refs], errors
-
-
-def bootstrap_ci(diff_fn, n, resamples=1000, seed=0, level=0.95):
-    """Paired bootstrap over test utterances: the `level` interval of diff_fn(index) over
-    `resamples` draws of n utterances with replacement (Koehn 2004; Bisani & Ney 2004)."""
-    rng = np.random.default_rng(seed)
-    draws = sorted(diff_fn(rng.integers(0, n, n)) for _ in range(resamples))
-    tail = (1 - level) / 2
-    return draws[int(tail * resamples)], draws[int((1 - tail) * resamples) - 1]
-
-
-def claims(rows, words, ceiling=95.0, margin=2.0):
-    """The paper's qualitative claims, decided on the test set: [(claim, verdict, evidence)].
-    Each compares WERs of two rows on the same utterances; the verdict reads the 95% paired
-    bootstrap interval of the difference: "holds" when it lies wholly on the claimed side of 0,
-    "does not hold" when wholly on the other, "undecided" when it spans 0. Two WERs both at or
-    above `ceiling` carry no signal (models still at the all-blank output)."""
-    r = {x["name"]: x for x in rows}
-    words = np.asarray(words)
-    err = lambda name, budget: np.asarray(r[name]["errors"][budget])
-    wer = lambda e, i: 100.0 * e[i].sum() / max(1, words[i].sum())
-    everything = np.arange(len(words))
-
-    def interval(diff):  # diff(index) -> WER points; (point estimate, low, high)
-        return (diff(everything), *bootstrap_ci(diff, len(words)))
-
-    def verdict(point_low_high, better_below=0.0):
-        _, lo, hi = point_low_high
-        return "holds" if hi < better_below else "does not hold" if lo > better_below else "undecided"
-
-    def beats(a, b, budget):  # does a have a lower WER than b?
-        ea, eb = err(a, budget), err(b, budget)
-        ci = interval(lambda i: wer(ea, i) - wer(eb, i))
-        v = "no signal" if min(r[a]["wer"][budget], r[b]["wer"][budget]) >= ceiling else verdict(ci)
-        return v, (f"{r[a]['wer'][budget]:.1f} vs {r[b]['wer'][budget]:.1f} WER, difference {ci[0]:+.1f} "
-                   f"[{ci[1]:+.1f}, {ci[2]:+.1f}]")
-
-    budgets = list(rows[0]["errors"])
-    have = lambda *names: all(n in r for n in names)  # a quick run has only some rows (and budgets)
-    out = []
-    for name in ("sw", "dt", "dt-disc", "dt-fbank"):
-        if have(name, "scratch"):
-            budget = "low" if "low" in budgets else budgets[0]
-            out.append((f"distillation helps at the {budget} label budget: {r[name]['label']} vs from scratch",
-                        *beats(name, "scratch", budget)))
-    for budget in budgets if have("dt", "sw") else []:
-        v, ev = beats("dt", "sw", budget)
-        out.append((f"D&T beats S&W at a similar size ({budget} budget)", v,
-                    f"{ev}, {r['dt']['params_M']:.2f}M vs {r['sw']['params_M']:.2f}M"))
-    for budget in budgets if have("dt-disc", "dt") else []:
-        out.append((f"the discriminative loss helps ({budget} budget)", *beats("dt-disc", "dt", budget)))
-    if have("dt-disc", "dt") and budgets == ["low", "high"]:
-        # gain at a budget = WER(dt) - WER(dt-disc); helps most at low: gain(low) - gain(high) > 0
-        gain = lambda budget, i: wer(err("dt", budget), i) - wer(err("dt-disc", budget), i)
-        ci = interval(lambda i: gain("high", i) - gain("low", i))
-        out.append(("the discriminative loss helps most at the low budget", verdict(ci),
-                    f"gain {gain('low', everything):+.1f} (low) vs {gain('high', everything):+.1f} (high) WER "
-                    f"points, high minus low {ci[0]:+.1f} [{ci[1]:+.1f}, {ci[2]:+.1f}]"))
-    if not have("dt-fbank", "dt"):
-        return out
-    cut = 1 - r["dt-fbank"]["params_M"] / r["dt"]["params_M"]
-    speed = r["dt"]["cpu_ms"] / r["dt-fbank"]["cpu_ms"]
-    out.append(("Fbank front-end: ~17% fewer parameters", "holds" if 0.1 <= cut <= 0.25 else "does not hold",
-                f"{100 * cut:.0f}% fewer than D&T"))
-    out.append(("Fbank front-end: ~2x faster inference", "holds" if speed >= 1.6 else "does not hold",
-                f"{speed:.2f}x faster than D&T on CPU"))
-    for budget in budgets:
-        ef, ed = err("dt-fbank", budget), err("dt", budget)
-        ci = interval(lambda i: wer(ef, i) - wer(ed, i))
-        v = ("no signal" if min(r["dt-fbank"]["wer"][budget], r["dt"]["wer"][budget]) >= ceiling
-             else verdict(ci, better_below=margin))
-        out.append((f"Fbank front-end: marginal WER cost, under {margin:g} points ({budget} budget)", v,
-                    f"cost {ci[0]:+.1f} [{ci[1]:+.1f}, {ci[2]:+.1f}] WER points vs D&T"))
-    return out
-
-
-def markdown(result):
-    """The results table (and the automatic claim check) as markdown: README's Results section."""
-    h, s = result["label_hours"], result["settings"]
-    lines = [f"`{result['command']}` on {result['machine']}, {result['date']}: ran in "
-             f"{format_duration(result['wall_seconds'])}.", "",
-             "| model | params (M) | CPU time vs teacher | " + " | ".join(
-                 f"test WER (CER), {60 * h[b]:.0f} min labels" for b in h) + " |", "|---|---:|---:|" + "---:|" * len(h)]
-    for r in result["rows"]:
-        err = " | ".join(f"{r['wer'][b]:.1f} ({r['cer'][b]:.1f})" for b in h)
-        lines.append(f"| {r['label']} | {r['params_M']:.2f} | {r['time_ratio']:.2f} | {err} |")
-    t = result.get("teacher", {})
-    lines += ["", f"Toy corpus {s['hours']:g} h (train {h['high']:.2f} h; dev and test voices held out). Teacher "
-              f"{s['teacher']} pre-trained {t.get('steps', '?')} steps on a 4 h toy corpus of its own (shipped, "
-              f"`teacher/RECORD.md`; masked-unit accuracy {100 * t.get('acc_m', float('nan')):.1f}%); students "
-              f"distilled {s['distill_steps']} steps; CTC " + " and ".join(
-                  f"{s[k]} steps ({60 * h[b]:.0f} min labels)" for b, k in
-                  (("low", "low_finetune_steps"), ("high", "finetune_steps")) if b in h) +
-              f" per model (from scratch: {s['distill_steps']} more, as many updates as distillation + CTC); "
-              f"batches of {s['batch_seconds']:g} s; greedy decoding; best dev checkpoint. Parameters: encoder "
-              f"(CTC head not counted). CPU time: median forward time on {result['timing']['audio_seconds']:.0f} s "
-              f"of test audio, {result['timing']['threads']} threads, all models side by side in one process.", "",
-              f"Paper's claims, decided on the {result['test_utterances']} test utterances: WER difference "
-              f"[95% paired bootstrap interval]; a claim holds when the interval lies on its side of 0, "
-              f"is undecided when it spans 0; two WERs both at or above 95 carry no signal:", ""]
-    lines += [f"- {claim}: **{verdict}** ({evidence})" for claim, verdict, evidence in result["claims"]]
-    spread = [r for r in result["rows"] if r.get("seed_wers")]
-    if spread:
-        lines += ["", "Fine-tuning seed spread (low budget, same distilled student, CTC seeds 0, " +
-                  ", ".join(map(str, SPREAD_SEEDS)) + "): " + "; ".join(
-                      f"{r['label']}: {' / '.join(f'{w:.1f}' for w in r['seed_wers'])} WER "
-                      f"(range {max(r['seed_wers']) - min(r['seed_wers']):.1f})" for r in spread) + "."]
-    lines += ["", f"First test utterances, reference / hypothesis ({60 * h[list(h)[-1]]:.0f} min labels):", ""]
-    for r in result["rows"]:
-        for _, ref, hyp in r.get("examples", [])[:2]:
-            lines.append(f"- {r['name']}: `{ref}` / `{hyp}`")
-    return "\n".join(lines) + "\n"
-
-
-def plot(result, path):
-    """WER vs parameters and vs CPU time, one marker per model and label budget."""
-    import matplotlib
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-    h = result["label_hours"]
-    for ax, key, xlabel in ((axes[0], "params_M", "encoder parameters (M)"),
-                            (axes[1], "time_ratio", "CPU inference time vs the teacher")):
-        for budget, marker in [(b, m) for b, m in (("low", "o"), ("high", "s")) if b in h]:
-            xs = [r[key] for r in result["rows"]]
-            ys = [r["wer"][budget] for r in result["rows"]]
-            ax.scatter(xs, ys, marker=marker, label=f"{60 * h[budget]:.0f} min labels")
-            for r, x, y in zip(result["rows"], xs, ys):
-                ax.annotate(r["name"], (x, y), textcoords="offset points", xytext=(4, 2), fontsize=7)
-        ax.set_xlabel(xlabel)
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("test WER (%)")
-    axes[0].legend()
-    fig.suptitle(f"{result['command']} on {result['machine']}, {result['date']}", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    print(f"wrote {path}", flush=True)
-
-
-MARKERS = ("<!-- results:start -->", "<!-- results:end -->")
-README = os.path.join(os.path.dirname(os.path.abspath(__file__)), "README.md")
-
-
-def replace_section(text, body):
-    """text with everything between the results markers replaced by body."""
-    start, end = (text.find(m) for m in MARKERS)
-    if start < 0 or end < start:
-        raise ValueError(f"no {MARKERS[0]} ... {MARKERS[1]} section")
-    return text[:start + len(MARKERS[0])] + "\n" + body.rstrip("\n") + "\n" + text[end:]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -44,6 +44,8 @@ import finetune
 import losses
 import model
 import pretrain
+import results
+import scoring
 import stages
 from data import (BLANK, BucketBatchSampler, MIN_UTTERANCES, SAMPLE_RATE, SPLIT_SHARES, VOCAB,
                   collate, decode, encode, load_audio, load_corpus, make_loader, make_speakers,
@@ -1754,7 +1756,7 @@ def test_transcribe_accepts_8khz_stereo(tmp_path, capsys):
     line = capsys.readouterr().out.rstrip("\n")
     mono16k = torchaudio.functional.resample(torch.from_numpy(stereo).mean(1), 8_000, 16_000)
     with torch.no_grad():
-        expected = finetune.greedy_decode(*ctc(mono16k[None], torch.tensor([len(mono16k)])))[0]
+        expected = scoring.greedy_decode(*ctc(mono16k[None], torch.tensor([len(mono16k)])))[0]
     assert line == f"{path}\t{expected}"
 
 
@@ -1768,7 +1770,7 @@ def test_beam_search_without_flashlight_text_says_what_to_install(tmp_path):
     lm.write_text("")
     args = finetune.parse_args(["--eval", "x.pt", "--data", "d", "--lm", str(lm)])
     with pytest.raises(SystemExit, match="pip install flashlight-text"):
-        finetune.make_decoder(args)
+        scoring.make_decoder(args)
 
 
 def test_beam_search_with_kenlm_and_lexicon_spells_lexicon_words(tmp_path):
@@ -1784,7 +1786,7 @@ def test_beam_search_with_kenlm_and_lexicon_spells_lexicon_words(tmp_path):
     log_probs = log_probs.log_softmax(-1)
     args = finetune.parse_args(["--eval", "x.pt", "--data", "d", "--lm", str(tmp_path / "lm.arpa"),
                                 "--lexicon", str(tmp_path / "lexicon.txt"), "--beam", "10"])
-    decode, description = finetune.make_decoder(args)
+    decode, description = scoring.make_decoder(args)
     assert decode(log_probs, torch.tensor([40])) == ["HELLO WORLD"]
     assert description.startswith("beam search")
 
@@ -1795,7 +1797,7 @@ def test_greedy_decoding_never_emits_the_untrained_special_tokens():
     log_probs[0, [0, 2], ids["A"]] = -0.1
     log_probs[0, 1, [ids["<s>"], ids["</s>"], ids["<unk>"]]] = -0.5  # the specials win frame 1,
     log_probs[0, 1, ids["B"]] = -1.0                                 # B comes next
-    assert finetune.greedy_decode(log_probs, torch.tensor([3])) == ["ABA"]  # not "AA"
+    assert scoring.greedy_decode(log_probs, torch.tensor([3])) == ["ABA"]  # not "AA"
 
 
 def test_export_to_transformers_matches_logits_and_pipeline_transcript(tmp_path):
@@ -1825,7 +1827,7 @@ def test_export_to_transformers_matches_logits_and_pipeline_transcript(tmp_path)
     assert torch.equal(theirs[..., specials], torch.full_like(theirs[..., specials], checkpoints.NEVER_EMITTED_LOGIT))
     asr = transformers.pipeline("automatic-speech-recognition", model=out, device="cpu")
     text = asr({"raw": wave, "sampling_rate": data.SAMPLE_RATE})["text"]
-    ours_text = finetune.greedy_decode(ours, frame_lengths)[0]
+    ours_text = scoring.greedy_decode(ours, frame_lengths)[0]
     assert len(set(ours_text)) > 3 and "<" not in text
     assert " ".join(text.split()) == ours_text  # we also collapse repeated spaces
 
@@ -1895,11 +1897,11 @@ def demo_result(**wer):
             "settings": {**vars(demo.SIZINGS["full"]), "teacher": "12x160 (FFN 640)"},
             "teacher": {"steps": 3000, "acc_m": 0.5}, "test_utterances": len(words),
             "label_hours": {"low": 0.1, "high": 1.0}, "timing": {"threads": 2, "audio_seconds": 30.0, "runs": 5},
-            "rows": rows, "claims": demo.claims(rows, words)}
+            "rows": rows, "claims": results.claims(rows, words)}
 
 
 def test_results_table_has_every_model_with_params_time_and_both_budgets():
-    text = demo.markdown(demo_result())
+    text = results.markdown(demo_result())
     lines = [l for l in text.splitlines() if l.startswith("| ")]
     assert lines[0] == ("| model | params (M) | CPU time vs teacher | test WER (CER), 6 min labels | "
                         "test WER (CER), 60 min labels |")
@@ -1935,13 +1937,13 @@ def test_a_quick_run_with_some_rows_and_one_budget_checks_only_the_claims_it_can
         for part in ("wer", "cer", "errors"):
             r[part] = {"high": r[part]["high"]}
     result["label_hours"] = {"high": 1.0}
-    result["claims"] = demo.claims(result["rows"], [DEMO_WORDS_PER_UTTERANCE] * DEMO_TEST_UTTERANCES)
+    result["claims"] = results.claims(result["rows"], [DEMO_WORDS_PER_UTTERANCE] * DEMO_TEST_UTTERANCES)
     assert [c for c, _, _ in result["claims"]] == [
         "distillation helps at the high label budget: S&W student, regression vs from scratch"]
-    text = demo.markdown(result)
+    text = results.markdown(result)
     assert "| model | params (M) | CPU time vs teacher | test WER (CER), 60 min labels |" in text
     assert "| S&W student, regression | 1.11 | 0.40 | 40.0 (13.3) |" in text
-    demo.plot(result, str(tmp_path / "quick.png"))
+    results.plot(result, str(tmp_path / "quick.png"))
 
 
 def test_paired_bootstrap_interval_is_tight_for_paired_errors_and_covers_the_difference():
@@ -1951,24 +1953,24 @@ def test_paired_bootstrap_interval_is_tight_for_paired_errors_and_covers_the_dif
     b = a.copy()
     b[:30] += 1  # b makes one more error on 30 of 300 utterances: +1.0 WER point, always
     wer = lambda e, i: 100.0 * e[i].sum() / words[i].sum()
-    lo, hi = demo.bootstrap_ci(lambda i: wer(b, i) - wer(a, i), len(words))
+    lo, hi = results.bootstrap_ci(lambda i: wer(b, i) - wer(a, i), len(words))
     assert 0.5 < lo <= 1.0 <= hi < 1.5  # paired: the utterance-to-utterance spread of a cancels out
     independent = rng.permutation(b)
-    lo2, hi2 = demo.bootstrap_ci(lambda i: wer(independent, i) - wer(a, i), len(words))
+    lo2, hi2 = results.bootstrap_ci(lambda i: wer(independent, i) - wer(a, i), len(words))
     assert hi2 - lo2 > 3 * (hi - lo)
 
 
 def test_word_errors_per_utterance_add_up_to_jiwers_wer():
     refs = ["A CAT SAT", "THE DOG", "ONE TWO THREE FOUR"]
     hyps = ["A CAT SAT DOWN", "", "ONE TOO THREE"]
-    words, errors = demo.word_errors(refs, hyps)
+    words, errors = results.word_errors(refs, hyps)
     assert words == [3, 2, 4] and errors == [1, 2, 2]
     assert sum(errors) / sum(words) == pytest.approx(jiwer.wer(refs, hyps))
 
 
 def test_plot_shows_wer_against_parameters_and_cpu_time(tmp_path):
     path = tmp_path / "demo.png"
-    demo.plot(demo_result(), str(path))
+    results.plot(demo_result(), str(path))
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
 
 
@@ -2098,7 +2100,7 @@ def test_seed_spread_adds_low_budget_ctc_runs_with_other_seeds_and_the_table_rep
         assert len(st.argv) == len(twin) and sum(a != b for a, b in zip(st.argv, twin)) == 2  # only seed and folder
     result = demo_result()
     result["rows"][2]["seed_wers"] = [70.0, 72.5, 69.0]
-    assert "S&W student, regression: 70.0 / 72.5 / 69.0 WER (range 3.5)" in demo.markdown(result)
+    assert "S&W student, regression: 70.0 / 72.5 / 69.0 WER (range 3.5)" in results.markdown(result)
 
 
 def test_plan_scales_steps_and_gives_the_low_budget_to_low_runs_only():
@@ -2131,13 +2133,13 @@ def test_plan_scales_steps_and_gives_the_low_budget_to_low_runs_only():
 
 
 def test_readme_results_section_is_replaced_between_the_markers_only():
-    start, end = demo.MARKERS
+    start, end = results.MARKERS
     text = f"# T\n## Results\n{start}\nold table\n{end}\nverdict stays\n"
-    new = demo.replace_section(text, "| new |\n")
+    new = results.replace_section(text, "| new |\n")
     assert new == f"# T\n## Results\n{start}\n| new |\n{end}\nverdict stays\n"
-    assert demo.replace_section(new, "| new |") == new
+    assert results.replace_section(new, "| new |") == new
     with pytest.raises(ValueError, match="results:start"):
-        demo.replace_section("no markers", "x")
+        results.replace_section("no markers", "x")
 
 
 def test_toy_students_keep_the_papers_proportions_to_the_toy_teacher():
