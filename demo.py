@@ -94,7 +94,7 @@ class Sizing:
 SIZINGS = {
     "full": Sizing(hours=1.25, distill_steps=400, frontend_steps=80, finetune_steps=1400, low_finetune_steps=700,
                    freeze_steps=50, low_hours=0.1, batch_seconds=16.0, eval_every=200),
-    "quick": Sizing(hours=0.5, distill_steps=200, frontend_steps=40, finetune_steps=800, low_finetune_steps=800,
+    "quick": Sizing(hours=0.5, distill_steps=300, frontend_steps=40, finetune_steps=1000, low_finetune_steps=1000,
                     freeze_steps=25, low_hours=0.05, batch_seconds=8.0, eval_every=200,
                     rows=("teacher", "scratch", "sw"), budgets=("high",)),
 }
