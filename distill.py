@@ -378,6 +378,7 @@ def end_run(run):
         if run.rank == 0:
             print(f"done: {path} (student for finetune.py --init)", flush=True)
     if run.world > 1:
+        dist.barrier()  # every rank done (rank 0 wrote the file): gloo can abort a rank torn down early
         dist.destroy_process_group()
 
 

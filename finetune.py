@@ -520,6 +520,7 @@ def end_run(run):
             result = f"best dev WER {run.best:.2f}" if run.valid_utts else "no --valid set: best.pt = last.pt"
             print(f"done: {result}; {os.path.join(args.out_dir, 'best.pt')}", flush=True)
     if run.world > 1:
+        dist.barrier()  # every rank done (rank 0 wrote the file): gloo can abort a rank torn down early
         dist.destroy_process_group()
 
 
