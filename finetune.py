@@ -32,9 +32,10 @@ from torch import nn
 import checkpoints
 import data
 import model
-from runtime import (GracefulStop, Logger, RunState, all_finite, any_rank, autocast, batch_stream,
-                     check_ranks_agree, check_same_start, finish, gather_rng, next_batch, no_sync_unless,
-                     last_step, reached_max_steps, resume_hint, set_rng_state, setup, start_run, stop_if_asked)
+from runtime import (GracefulStop, Logger, RunState, add_parts, all_finite, any_rank, autocast, batch_stream,
+                     check_ranks_agree, check_same_start, finish, gather_rng, mean_parts, next_batch,
+                     no_sync_unless, last_step, reached_max_steps, resume_hint, set_rng_state, setup, start_run,
+                     stop_if_asked)
 from scoring import evaluate, make_decoder
 
 # ----------------------------------------------------------------------------------------------
@@ -342,7 +343,7 @@ def train(args):
     ctc, net, optimizer, scaler = run.ctc, run.net, run.optimizer, run.scaler
     logger = Logger(args.out_dir, args.max_steps, rank)
     cache = FrontendCache(ctc.encoder) if args.cache_frontend else None
-    last_log, interval_loss = run.step, 0.0  # the logged loss is the mean over the steps since the last line
+    last_log, interval = run.step, {}  # the logged loss: the mean over the steps since the last line (add_parts)
     stop_at = last_step(run)
     with GracefulStop() as stopper:
         while run.step < stop_at:
@@ -376,11 +377,11 @@ def train(args):
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
             run.step += 1
-            interval_loss += loss_sum
+            add_parts(interval, {"ctc": loss_sum})
             if run.step % args.log_every == 0 or run.step == args.max_steps:
-                logger.log(run.step, run.step - last_log, ctc=interval_loss / (run.step - last_log),
-                           grad_norm=float(grad_norm), frozen=float(frozen), lr=lr)
-                last_log, interval_loss = run.step, 0.0
+                logger.log(run.step, run.step - last_log, **mean_parts(interval), grad_norm=float(grad_norm),
+                           frozen=float(frozen), lr=lr)
+                last_log, interval = run.step, {}
             if run.valid_utts and (run.step % args.eval_every == 0 or run.step == args.max_steps):
                 validate(run)
             if run.step % args.eval_every == 0 or run.step == stop_at:

@@ -36,7 +36,8 @@ from tqdm import tqdm
 import checkpoints
 import data
 import model
-from runtime import Logger, all_finite, batch_stream, lr_at, rng_state, set_rng_state, start_run
+from runtime import (Logger, add_parts, all_finite, batch_stream, lr_at, mean_parts, rng_state, set_rng_state,
+                     start_run)
 
 # ----------------------------------------------------------------------------------------------
 # Constants (HuBERT Base unless said otherwise)
@@ -418,7 +419,7 @@ def train_iteration(args, iteration, hubert, optimizer, labels, centroids, batch
                     ckpt_path):
     """Masked prediction from `step` to --max-steps, logged, with checkpoints for --resume."""
     logger = Logger(args.out_dir, args.max_steps, rank=0)
-    sums, count = {}, 0
+    last_log, interval = step, {}  # the logged values: means over the steps since the last line (add_parts)
     hubert.train()
     while step < args.max_steps:
         lr = lr_at(step, args.max_steps, args.lr, args.warmup)
@@ -444,12 +445,10 @@ def train_iteration(args, iteration, hubert, optimizer, labels, centroids, batch
             values = {"loss": loss.item(), "ce_m": loss_m.item(),
                       "acc_m": accuracy(out["logits_m"], out["units_m"]),
                       "acc_u": accuracy(out["logits_u"], out["units_u"]), "grad_norm": float(grad_norm)}
-        sums = {k: sums.get(k, 0.0) + v for k, v in values.items()}
-        count += 1
+        add_parts(interval, values)
         if step % args.log_every == 0 or step == args.max_steps:
-            means = {k: v / count for k, v in sums.items()}  # averaged over the logged steps
-            logger.log(step, count, iter=iteration, **means, lr=lr)
-            sums, count = {}, 0
+            logger.log(step, step - last_log, iter=iteration, **mean_parts(interval), lr=lr)
+            last_log, interval = step, {}
         if step % args.save_every == 0 or step == args.max_steps:  # data_state: advanced by `batches`
             checkpoints.save_checkpoint({"iteration": iteration, "step": step, "hubert": hubert.state_dict(),
                                          "optimizer": optimizer.state_dict(), "data_state": dict(data_state),
