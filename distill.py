@@ -21,7 +21,6 @@ import sys
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 import checkpoints
@@ -30,9 +29,9 @@ import fbank_frontend
 import losses
 import model
 from runtime import (GracefulStop, Logger, RunState, add_parts, all_finite, any_rank, autocast, batch_stream,
-                     check_ranks_agree, check_same_start, finish, gather_rng, lr_at, mean_parts, next_batch,
-                     last_step, no_sync_unless, reached_max_steps, resume_hint, set_rng_state, setup, start_run,
-                     stop_if_asked)
+                     check_ranks_agree, check_same_start, finish, gather_rng, last_step, leave_process_group, lr_at,
+                     mean_parts, next_batch, no_sync_unless, reached_max_steps, resume_hint, set_rng_state, setup,
+                     start_run, stop_if_asked)
 
 # ----------------------------------------------------------------------------------------------
 # Arguments
@@ -377,9 +376,7 @@ def end_run(run):
         save(run, path, final=True)
         if run.rank == 0:
             print(f"done: {path} (student for finetune.py --init)", flush=True)
-    if run.world > 1:
-        dist.barrier()  # every rank done (rank 0 wrote the file): gloo can abort a rank torn down early
-        dist.destroy_process_group()
+    leave_process_group(run.world)
 
 
 def set_cmvn(student, utterances, rank, max_utts=200):

@@ -26,16 +26,15 @@ import sys
 from dataclasses import asdict, dataclass, replace
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 import checkpoints
 import data
 import model
 from runtime import (GracefulStop, Logger, RunState, add_parts, all_finite, any_rank, autocast, batch_stream,
-                     check_ranks_agree, check_same_start, finish, gather_rng, mean_parts, next_batch,
-                     no_sync_unless, last_step, reached_max_steps, resume_hint, set_rng_state, setup, start_run,
-                     stop_if_asked)
+                     check_ranks_agree, check_same_start, finish, gather_rng, last_step, leave_process_group,
+                     mean_parts, next_batch, no_sync_unless, reached_max_steps, resume_hint, set_rng_state, setup,
+                     start_run, stop_if_asked)
 from scoring import evaluate, make_decoder
 
 # ----------------------------------------------------------------------------------------------
@@ -520,9 +519,7 @@ def end_run(run):
         if run.rank == 0:
             result = f"best dev WER {run.best:.2f}" if run.valid_utts else "no --valid set: best.pt = last.pt"
             print(f"done: {result}; {os.path.join(args.out_dir, 'best.pt')}", flush=True)
-    if run.world > 1:
-        dist.barrier()  # every rank done (rank 0 wrote the file): gloo can abort a rank torn down early
-        dist.destroy_process_group()
+    leave_process_group(run.world)
 
 
 def main(args):

@@ -251,12 +251,20 @@ def reached_max_steps(run):
     return False
 
 
+def leave_process_group(world):
+    """Every rank calls this once, at the end of its run: wait for all (rank 0 may still be writing
+    a file), then leave. Under load gloo sometimes aborted a rank torn down before the others."""
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def finish(code, message, rank, world):
-    """Print `message` (rank 0), leave the process group, exit with `code`."""
+    """Print `message` (rank 0), leave the process group, exit with `code`. Every rank calls it
+    together (the stops are agreed with any_rank first)."""
     if rank == 0:
         print(message, file=sys.stderr, flush=True)
-    if world > 1:
-        dist.destroy_process_group()
+    leave_process_group(world)
     sys.exit(code)
 
 
