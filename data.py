@@ -401,6 +401,7 @@ class Espeak:
         lib.espeak_Synth.argtypes = [c.c_void_p, c.c_size_t, c.c_uint, c.c_int, c.c_uint,
                                      c.c_uint, c.c_void_p, c.c_void_p]
         lib.espeak_ng_SetRandSeed.argtypes = [c.c_long]
+        lib.espeak_Info.argtypes, lib.espeak_Info.restype = [c.c_void_p], c.c_char_p
         self.sample_rate = lib.espeak_Initialize(
             self.AUDIO_OUTPUT_SYNCHRONOUS, 0, self.data_path.encode(), 0)  # Hz, 22050
         if self.sample_rate <= 0:
@@ -414,8 +415,6 @@ class Espeak:
 
     def version(self):
         """eSpeak NG's version string, e.g. "1.52.0" (the corpus depends on it)."""
-        self.lib.espeak_Info.restype = ctypes.c_char_p
-        self.lib.espeak_Info.argtypes = [ctypes.c_void_p]
         return self.lib.espeak_Info(None).decode()
 
     def _collect(self, wav, num_samples, events):

@@ -117,6 +117,11 @@ class Row:
     preset: str = None  # student preset; None: the teacher itself is fine-tuned
     flags: dict = None  # distill.py flags of this row (Fbank presets also get --frontend-steps)
 
+    @property
+    def fbank(self):
+        """An Fbank front-end (the teacher and the other students have HuBERT's CNN)."""
+        return self.preset is not None and model.PRESETS[self.preset].config.get("frontend") == "fbank"
+
 
 # "From scratch" is the D&T student after 0 distillation steps: a random transformer on the
 # teacher's CNN, which every student here starts from and finetune.py keeps frozen (fairseq's
@@ -209,14 +214,13 @@ def plan(runs, s: Sizing, teacher=SHIPPED_TEACHER, spread=False):
     many CTC steps as a distilled student gets distillation + CTC steps, so that its row isolates
     what distillation adds, not what more updates add."""
     corpus = f"{runs}/corpus"
-    audio = lambda steps, batch=s.batch_seconds: steps * batch * PADDING  # seconds of audio trained on
+    audio = lambda steps: steps * s.batch_seconds * PADDING  # seconds of audio trained on
     stages = [Stage("toy corpus", "corpus", command("data.py", "synth", out=corpus, hours=s.hours, seed=0),
                     f"{corpus}/synth.json", seconds=3600 * s.hours / SPEED["synth"])]
     for row in rows_of(s)[1:]:
-        fbank = model.PRESETS[row.preset].config.get("frontend") == "fbank"
         flags = dict(max_steps=s.distill_steps, batch_seconds=s.batch_seconds,
                      log_every=log_every(s.distill_steps), seed=0, **DISTILL)
-        if fbank:
+        if row.fbank:
             flags.update(frontend_steps=s.frontend_steps)
         flags.update(row.flags or {})
         out = f"{runs}/students/{row.name}"
@@ -224,7 +228,7 @@ def plan(runs, s: Sizing, teacher=SHIPPED_TEACHER, spread=False):
                             command("distill.py", teacher=teacher, student=row.preset, data=f"{corpus}/train",
                                     out_dir=out, **flags),
                             f"{out}/student.pt", out,
-                            5 + audio(flags["max_steps"]) / SPEED["distill-fbank" if fbank else "distill"],
+                            5 + audio(flags["max_steps"]) / SPEED["distill-fbank" if row.fbank else "distill"],
                             needs=(f"{corpus}/synth.json",)))
     ctc = []
     for budget in s.budgets:
@@ -233,10 +237,9 @@ def plan(runs, s: Sizing, teacher=SHIPPED_TEACHER, spread=False):
             init = teacher if row.preset is None else f"{runs}/students/{row.name}/student.pt"
             steps = s.low_finetune_steps if budget == "low" else s.finetune_steps
             steps += s.distill_steps if row.name == "scratch" else 0
-            cnn = row.preset is None or model.PRESETS[row.preset].config.get("frontend", "cnn") == "cnn"
             flags = dict(max_steps=steps, freeze_steps=s.freeze_steps, batch_seconds=s.batch_seconds,
                          eval_every=s.eval_every, log_every=log_every(steps), seed=0, **FINETUNE,
-                         cache_frontend=cnn)  # the frozen CNN runs once per utterance, not once per step
+                         cache_frontend=not row.fbank)  # the frozen CNN runs once per utterance, not per step
             if budget == "low":
                 flags.update(max_train_hours=s.low_hours)
             speed = SPEED["finetune" if row.preset else "finetune-teacher"]
@@ -394,17 +397,15 @@ def measure(runs, s: Sizing, timing_runs):
     """Parameters, CPU time and test WER of every row; the test set is never seen before this."""
     test = data.drop_short(data.load_corpus([f"{runs}/corpus/test"]))
     train = data.drop_short(data.load_corpus([f"{runs}/corpus/train"]), quiet=True)  # as finetune.py
-    low = finetune.train_subset(train, s.low_hours)
-    hours = {"low": sum(u.num_samples for u in low) / data.SAMPLE_RATE / 3600,
-             "high": sum(u.num_samples for u in train) / data.SAMPLE_RATE / 3600}
-    hours = {b: hours[b] for b in s.budgets}
+    labelled = {"low": lambda: finetune.train_subset(train, s.low_hours), "high": lambda: train}
+    hours = {b: sum(u.num_samples for u in labelled[b]()) / data.SAMPLE_RATE / 3600 for b in s.budgets}
     rows, models, words = [], {}, None
     for row in rows_of(s):
         wer, cer, errors = {}, {}, {}
         for budget in s.budgets:
             ctc = finetune.load_ctc(f"{runs}/ctc/{row.name}-{budget}/best.pt")
             wer[budget], pairs = evaluate(ctc, test, torch.device("cpu"), s.batch_seconds,
-                                                   desc=f"test WER {row.name} ({budget})")
+                                          desc=f"test WER {row.name} ({budget})")
             refs, hyps = ([normalize_for_wer(p[i]) for p in pairs] for i in (1, 2))
             cer[budget] = 100.0 * jiwer.cer(refs, hyps)
             words, errors[budget] = word_errors(refs, hyps)
@@ -415,8 +416,8 @@ def measure(runs, s: Sizing, timing_runs):
     for r in rows:  # --seed-spread runs, when there are any: test WER per CTC seed
         runs_of = [f"{runs}/ctc/{r['name']}-low-seed{seed}/best.pt" for seed in SPREAD_SEEDS]
         if "low" in s.budgets and all(os.path.exists(p) for p in runs_of):
-            r["seed_wers"] = [r["wer"]["low"]] + [evaluate(finetune.load_ctc(p), test, torch.device("cpu"),
-                                                                    s.batch_seconds)[0] for p in runs_of]
+            r["seed_wers"] = [r["wer"]["low"]] + [
+                evaluate(finetune.load_ctc(p), test, torch.device("cpu"), s.batch_seconds)[0] for p in runs_of]
     batch = data.collate([data.AudioDataset(test)[i] for i in range(min(8, len(test)))])
     ms = time_models(models, batch["waves"], batch["lengths"], timing_runs)
     for r in rows:
