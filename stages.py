@@ -90,13 +90,13 @@ def relay(proc, tag, log_path, lock):
 class Running:
     """One started stage: its process, the thread relaying its output, its start time."""
 
-    def __init__(self, stage, number, runs, threads, lock, resume):
+    def __init__(self, stage, number, runs, lock, resume):
         argv = [sys.executable, *stage.argv] + (["--resume"] if resume else [])
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(threads)}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(STAGE_THREADS)}
         os.makedirs(os.path.join(runs, "logs"), exist_ok=True)
         log_path = os.path.join(runs, "logs", stage.tag.replace(" ", "-") + ".log")
         with lock:
-            print(f"$ {shlex.join(['python', *argv[1:]])}  # {threads} thread(s), log {log_path}", flush=True)
+            print(f"$ {shlex.join(['python', *argv[1:]])}  # {STAGE_THREADS} thread(s), log {log_path}", flush=True)
         # A session of its own: Ctrl-C reaches only this process, which passes it on once (below),
         # so that each stage stops at its next step with a checkpoint instead of being killed.
         self.proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -157,13 +157,12 @@ def run_stages(stages, runs, start, jobs=1):
             ready = [st for st in todo if all(os.path.exists(f) and f not in busy for f in st.needs)]
             for st in ready[:jobs - len(running)]:
                 todo.remove(st)
-                threads = STAGE_THREADS
                 with lock:
                     print(f"\n[{numbers[id(st)]}/{len(stages)}] {st.title} | elapsed "
                           f"{format_duration(time.time() - start)} | estimate {format_duration(st.seconds)}, "
                           f"~{format_duration(time_left([st, *todo], running, jobs, time.time()))} left in all",
                           flush=True)
-                running.append(Running(st, numbers[id(st)], runs, threads, lock, stage_state(st) == "resume"))
+                running.append(Running(st, numbers[id(st)], runs, lock, stage_state(st) == "resume"))
             if not running:
                 raise SystemExit(f"demo: no stage can start: {todo[0].title} needs {', '.join(todo[0].needs)}")
             time.sleep(0.2)
