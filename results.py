@@ -48,14 +48,18 @@ def claims(rows, words, ceiling=95.0, margin=2.0):
     def interval(diff):  # diff(index) -> WER points; (point estimate, low, high)
         return (diff(everything), *bootstrap_ci(diff, len(words)))
 
-    def verdict(point_low_high, better_below=0.0):
+    def verdict(point_low_high, below=0.0):
         _, lo, hi = point_low_high
-        return "holds" if hi < better_below else "does not hold" if lo > better_below else "undecided"
+        return "holds" if hi < below else "does not hold" if lo > below else "undecided"
 
-    def beats(a, b, budget):  # does a have a lower WER than b?
+    def difference(a, b, budget, below=0.0):  # is WER(a) - WER(b) < below? (verdict, interval)
         ea, eb = err(a, budget), err(b, budget)
         ci = interval(lambda i: wer(ea, i) - wer(eb, i))
-        v = "no signal" if min(r[a]["wer"][budget], r[b]["wer"][budget]) >= ceiling else verdict(ci)
+        signal = min(r[a]["wer"][budget], r[b]["wer"][budget]) < ceiling
+        return (verdict(ci, below) if signal else "no signal"), ci
+
+    def beats(a, b, budget):  # does a have a lower WER than b?
+        v, ci = difference(a, b, budget)
         return v, (f"{r[a]['wer'][budget]:.1f} vs {r[b]['wer'][budget]:.1f} WER, difference {ci[0]:+.1f} "
                    f"[{ci[1]:+.1f}, {ci[2]:+.1f}]")
 
@@ -89,10 +93,7 @@ def claims(rows, words, ceiling=95.0, margin=2.0):
     out.append(("Fbank front-end: ~2x faster inference", "holds" if speed >= 1.6 else "does not hold",
                 f"{speed:.2f}x faster than D&T on CPU"))
     for budget in budgets:
-        ef, ed = err("dt-fbank", budget), err("dt", budget)
-        ci = interval(lambda i: wer(ef, i) - wer(ed, i))
-        v = ("no signal" if min(r["dt-fbank"]["wer"][budget], r["dt"]["wer"][budget]) >= ceiling
-             else verdict(ci, better_below=margin))
+        v, ci = difference("dt-fbank", "dt", budget, below=margin)
         out.append((f"Fbank front-end: marginal WER cost, under {margin:g} points ({budget} budget)", v,
                     f"cost {ci[0]:+.1f} [{ci[1]:+.1f}, {ci[2]:+.1f}] WER points vs D&T"))
     return out
