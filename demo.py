@@ -19,7 +19,7 @@ is skipped and an interrupted one continues with --resume, so `make demo` after 
 up where it stopped. The toy teacher and students are shaped
 like HuBERT Base and the paper's students (see TEACHER and model.PRESETS "toy-*").
 
-    python demo.py --quick              # teacher, scratch and S&W at one budget in ~4 min (make demo QUICK=1)
+    python demo.py --quick              # teacher, scratch and S&W at one budget in ~4.5 min (make demo QUICK=1)
     python demo.py                      # the README's table (make demo)
     python demo.py --hours 4 --steps 3  # a longer, better run (make demo HOURS=4 STEPS=3)
     python demo.py --readme             # put results/demo.md into README.md's Results section
@@ -147,8 +147,8 @@ ROWS = [
 # Audio seconds per second of each stage on one core of an idle 2-core machine (STAGE_THREADS),
 # two stages side by side, for the time estimates printed with every stage; fine-tuning with the
 # front-end cache (--cache-frontend).
-SPEED = {"synth": 400.0, "pretrain": 21.0, "distill": 23.0, "distill-fbank": 36.0,
-         "finetune": 85.0, "finetune-teacher": 34.0}  # from the stage times of results/demo.json
+SPEED = {"synth": 215.0, "pretrain": 21.0, "distill": 19.5, "distill-fbank": 28.0,
+         "finetune": 85.0, "finetune-teacher": 32.0}  # from the stage times of results/demo.json
 PADDING = 0.85  # share of a padded batch that is real audio
 # --seed-spread: how much a row's WER moves with the fine-tuning seed alone (same distilled
 # student, same data), to read the claims' differences against: two cheap rows, low budget.
@@ -164,7 +164,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("size")
-    g.add_argument("--quick", action="store_true", help="three rows (teacher, scratch, S&W), one budget, in ~4 minutes")
+    g.add_argument("--quick", action="store_true", help="three rows (teacher, scratch, S&W), one budget, in ~4.5 minutes")
     g.add_argument("--hours", type=float, help="corpus hours (default: 1.25, --quick 0.5)")
     g.add_argument("--steps", type=float, default=1.0, help="multiplier of every stage's steps")
     g = p.add_argument_group("io")

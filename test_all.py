@@ -2124,6 +2124,8 @@ def test_plan_scales_steps_and_gives_the_low_budget_to_low_runs_only():
         assert steps == (full.low_finetune_steps if low else full.finetune_steps) + \
             (full.distill_steps if from_scratch else 0)
         assert ("--cache-frontend" in st.argv) == ("/dt-fbank-" not in st.out_dir)  # CNN front-ends only
+        mask_prob = float(st.argv[st.argv.index("--mask-prob") + 1])  # masks regularise the small budget only
+        assert (mask_prob > 0) == low and mask_prob == demo.MASKING["low" if low else "high"]["mask_prob"]
     teacher_ctc = next(st for st in ctc if st.out_dir == "R/ctc/teacher-low")
     assert teacher_ctc.argv[teacher_ctc.argv.index("--init") + 1] == demo.SHIPPED_TEACHER
     scratch = next(st for st in stages if st.out_dir == "R/students/scratch")
