@@ -41,15 +41,16 @@ def save_checkpoint(obj, path):
     os.replace(tmp, path)
 
 
-def load_checkpoint(path, allow=()):
+def load_checkpoint(path, allow=(), mmap=False):
     """torch.load(weights_only=True): tensors and plain values only, never code from the file.
     `allow` names the few extra classes a foreign pickle may hold (pickle_allow_list);
-    a pickle that names anything else (os.system, a fairseq model class) is refused unrun."""
+    a pickle that names anything else (os.system, a fairseq model class) is refused unrun.
+    mmap: tensors stay in the file, read when touched (large caches)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such checkpoint file")
     try:
         with torch.serialization.safe_globals(list(allow)):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # a refused global, or not a torch file at all
         msg = str(e)
         refused = re.search(r"GLOBAL ([\w.]+)", msg)  # torch words it in several ways

@@ -230,6 +230,8 @@ def plan(runs, s: Sizing, teacher=SHIPPED_TEACHER, spread=False):
         if row.fbank:
             flags.update(frontend_steps=s.frontend_steps)
         flags.update(row.flags or {})
+        if flags["max_steps"] > 0:  # the teacher's states, computed by the first student's run, read by all
+            flags.update(teacher_cache=f"{runs}/teacher-states.pt")
         out = f"{runs}/students/{row.name}"
         stages.append(Stage(f"distill: {row.label}", f"distill {row.name}",
                             command("distill.py", teacher=teacher, student=row.preset, data=f"{corpus}/train",

@@ -11,6 +11,7 @@ inputs, the benchmark).
     python -m pytest -q test_all.py          # or: make test
 """
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -1453,6 +1454,50 @@ def test_logged_distillation_losses_are_interval_means_with_per_layer_values(toy
         assert len(r["l1_layers"]) == len(r["cos_layers"]) == 2  # one value per predicted layer
         assert r["l1"] == pytest.approx(sum(r["l1_layers"]) / 2, rel=1e-5)  # the regression averages layers
 
+def test_teacher_cache_holds_each_utterances_states_and_gives_the_same_loss(toy_corpus, tmp_path):
+    """TeacherCache: every utterance's states equal the teacher run on it alone (fp16 rounding),
+    zero-padded per batch with the teacher's frame lengths; a one-utterance batch's loss with
+    them equals the loss with a teacher forward; a file made for another teacher or other audio
+    is refused."""
+    teacher = tiny_teacher()
+    utts = data.drop_short(data.load_corpus([str(toy_corpus / "train")]), quiet=True)
+    path = str(tmp_path / "targets.pt")
+    cache = distill.TeacherCache(path, teacher, utts, torch.device("cpu"), quiet=True)
+    waves = [data.load_audio(u.path) for u in utts[:3]]
+    alone = [teacher(w[None], torch.tensor([len(w)])) for w in waves]
+    states, frame_lengths = cache([u.id for u in utts[:3]], torch.device("cpu"))
+    assert len(states) == len(alone[0][0]) == TEACHER["layers"] + 1
+    assert frame_lengths.tolist() == [a[1].item() for a in alone]
+    for b, (hidden, n) in enumerate(alone):
+        for layer in range(len(states)):
+            torch.testing.assert_close(states[layer][b, :n.item()], hidden[layer][0], rtol=2e-3, atol=2e-3)
+            assert not states[layer][b, n.item():].any()  # padding
+    args = distill.parse_args(["--teacher", "x", "--data", "x", "--out-dir", "x", "--student", "tiny"])
+    distiller, _ = distill.make_distiller(args, "tiny", tiny_student(), teacher)
+    distiller.eval()  # no dropout: both losses from the same student
+    wave, lengths = waves[0][None], torch.tensor([len(waves[0])])
+    ran, _ = distill.distill_loss(args, teacher, distiller, wave, lengths, False)
+    read, _ = distill.distill_loss(args, teacher, distiller, wave, lengths, False, cache([utts[0].id], "cpu"))
+    assert read.item() == pytest.approx(ran.item(), rel=1e-3)
+    with pytest.raises(ValueError, match="another teacher"):
+        distill.TeacherCache(path, tiny_teacher(layers=2), utts, torch.device("cpu"), quiet=True)
+    other = [dataclasses.replace(utts[0], id="someone-else")] + utts[1:]
+    with pytest.raises(ValueError, match="other audio.*someone-else is missing"):
+        distill.TeacherCache(path, teacher, other, torch.device("cpu"), quiet=True)
+
+
+def test_distill_with_teacher_cache_makes_it_once_and_runs_read_it_alike(toy_corpus, teacher, tmp_path, capsys):
+    """The CLI path: the first run makes --teacher-cache (progress printed), a second run reads it
+    (no teacher forward made it again) and logs the very same losses."""
+    flags = ["--student", "tiny", "--max-steps", "3", "--teacher-cache", str(tmp_path / "targets.pt")]
+    run_distill(flags, toy_corpus, teacher, tmp_path / "first")
+    assert "teacher cache" in capsys.readouterr().out
+    run_distill(flags, toy_corpus, teacher, tmp_path / "second")
+    assert "teacher cache" not in capsys.readouterr().out
+    first, second = ([json.loads(line) for line in open(tmp_path / run / "log.jsonl")] for run in ("first", "second"))
+    assert [r["loss"] for r in first] == [r["loss"] for r in second] and len(first) == 3
+
+
 FBANK_STUDENT = ["--student", "fithubert-fbank", "--layers", "2", "--dim", "32", "--ffn", "32", "--heads", "2"]
 
 
@@ -2130,6 +2175,9 @@ def test_plan_scales_steps_and_gives_the_low_budget_to_low_runs_only():
     assert teacher_ctc.argv[teacher_ctc.argv.index("--init") + 1] == demo.SHIPPED_TEACHER
     scratch = next(st for st in stages if st.out_dir == "R/students/scratch")
     assert scratch.argv[scratch.argv.index("--max-steps") + 1] == "0"  # an untrained student
+    distilled = [st for st in stages if st.argv[0] == "distill.py" and st is not scratch]
+    assert "--teacher-cache" not in scratch.argv and len(distilled) == len(demo.ROWS) - 2
+    assert {st.argv[st.argv.index("--teacher-cache") + 1] for st in distilled} == {"R/teacher-states.pt"}  # one for all
     fbank = next(st for st in stages if st.out_dir == "R/students/dt-fbank")
     assert fbank.argv[fbank.argv.index("--frontend-steps") + 1] == str(full.frontend_steps)
 
