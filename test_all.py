@@ -2249,14 +2249,15 @@ def torchrun(*argv):
 
 
 def test_distill_under_torchrun_two_ranks_keeps_parameters_identical(tone_corpus, teacher, tmp_path):
-    """2 gloo ranks, gradient accumulation (no_sync on the first micro-batch): the run finishes and
-    the ranks' parameters agree at every checkpoint (runtime.check_ranks_agree raises otherwise)."""
+    """2 gloo ranks, gradient accumulation (no_sync on the first micro-batch), one teacher cache:
+    the run finishes and the ranks' parameters agree at every checkpoint (runtime.check_ranks_agree raises otherwise)."""
     out = torchrun("distill.py", "--teacher", teacher, "--data", tone_corpus[0], "--out-dir", str(tmp_path),
                    "--student", "tiny", "--dim", "32", "--ffn", "32", "--heads", "2", "--batch-seconds", "2",
                    "--max-steps", "3", "--save-every", "2", "--grad-accum", "2", "--disc-weight", "0.5",
-                   "--device", "cpu")
+                   "--teacher-cache", str(tmp_path / "states.pt"), "--device", "cpu")
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[:4000] + out.stderr[-3000:]  # the head holds a rank's traceback
     assert "device cpu x2" in out.stdout and out.stdout.count("done:") == 1  # rank 0 alone reports
+    assert (tmp_path / "states.pt").exists()  # made by one rank, read by both
     ckpt = checkpoints.load_checkpoint(tmp_path / "checkpoint.pt")
     assert ckpt["step"] == 3 and len(ckpt["rng"]) == 2  # every rank's RNG state, for exact resume
     assert not torch.equal(ckpt["rng"][0]["torch"], ckpt["rng"][1]["torch"])  # seed + rank
