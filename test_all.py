@@ -2180,6 +2180,9 @@ def test_plan_scales_steps_and_gives_the_low_budget_to_low_runs_only():
     assert {st.argv[st.argv.index("--teacher-cache") + 1] for st in distilled} == {"R/teacher-states.pt"}  # one for all
     fbank = next(st for st in stages if st.out_dir == "R/students/dt-fbank")
     assert fbank.argv[fbank.argv.index("--frontend-steps") + 1] == str(full.frontend_steps)
+    for st in distilled:  # stage 1 comes on top: every student's transformer gets distill_steps
+        fb = "--frontend-steps" in st.argv
+        assert int(st.argv[st.argv.index("--max-steps") + 1]) == full.distill_steps + fb * full.frontend_steps
 
 
 def test_readme_results_section_is_replaced_between_the_markers_only():
