@@ -201,9 +201,10 @@ class TeacherCache:
             self.index[uid] = (start, frames, samples)
             start += frames
         for u in utterances:
-            if self.index.get(u.id, (0, 0, None))[2] != u.num_samples:
-                raise ValueError(f"--teacher-cache {path} was made for other audio ({u.id} is "
-                                 f"{'missing' if u.id not in self.index else 'of another length'}); "
+            differs = "missing" if u.id not in self.index else \
+                "of another length" if self.index[u.id][2] != u.num_samples else None
+            if differs:
+                raise ValueError(f"--teacher-cache {path} was made for other audio ({u.id} is {differs}); "
                                  f"delete it or name another file")
 
     def __call__(self, ids, device):

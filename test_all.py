@@ -1484,6 +1484,9 @@ def test_teacher_cache_holds_each_utterances_states_and_gives_the_same_loss(toy_
     other = [dataclasses.replace(utts[0], id="someone-else")] + utts[1:]
     with pytest.raises(ValueError, match="other audio.*someone-else is missing"):
         distill.TeacherCache(path, teacher, other, torch.device("cpu"), quiet=True)
+    longer = [dataclasses.replace(utts[0], num_samples=utts[0].num_samples + 1)] + utts[1:]
+    with pytest.raises(ValueError, match=f"other audio.*{utts[0].id} is of another length"):
+        distill.TeacherCache(path, teacher, longer, torch.device("cpu"), quiet=True)
 
 
 def test_distill_with_teacher_cache_makes_it_once_and_runs_read_it_alike(toy_corpus, teacher, tmp_path, capsys):
