@@ -1912,6 +1912,26 @@ def test_pretrain_distill_finetune_eval_transcribe_chain_through_the_clis(toy_co
     assert [line.split("\t")[0] for line in out.splitlines()] == files
 
 
+def test_readme_reading_path_line_ranges_match_the_code():
+    """Each `name` (a-b) of the README's reading path ends at line b of the file named before it
+    and starts at a (or, for a group `x`, `y`, `z` (a-b), the group's first one starts at a)."""
+    import ast
+    text = open(os.path.join(HERE, "README.md")).read()
+    block = text[text.index("1. `model.py`"):text.index("Where the paper's equations live")]
+    spans, checked, path = {}, 0, None
+    for m in re.finditer(r"`(\w+\.py)`|((?:`\w+`,\s+)*`\w+`)\s+\((\d+)-(\d+)\)", block):
+        if m.group(1):
+            path = m.group(1)
+            tree = ast.parse(open(os.path.join(HERE, path)).read())
+            spans = {n.name: (n.lineno, n.end_lineno) for n in ast.walk(tree)
+                     if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+            continue
+        group, a, b = re.findall(r"`(\w+)`", m.group(2)), int(m.group(3)), int(m.group(4))
+        assert (spans[group[0]][0], spans[group[-1]][1]) == (a, b), (path, group)
+        checked += 1
+    assert checked >= 12
+
+
 # ----------------------------------------------------------------------------------------------
 # demo.py: stages (skip, resume, side by side), settings guard, results table, claims, plot,
 # README section, the shipped teacher, the toy presets' proportions, the from-scratch student
