@@ -151,8 +151,8 @@ ROWS = [
 # Audio seconds per second of each stage on one core of an idle 2-core machine (STAGE_THREADS),
 # two stages side by side, for the time estimates printed with every stage; fine-tuning with the
 # front-end cache (--cache-frontend).
-SPEED = {"synth": 215.0, "pretrain": 21.0, "distill": 26.0, "distill-fbank": 38.0,
-         "finetune": 85.0, "finetune-teacher": 32.0}  # from the stage times of results/demo.json
+SPEED = {"synth": 400.0, "pretrain": 21.0, "distill": 32.0, "distill-fbank": 72.0,
+         "finetune": 99.0, "finetune-teacher": 37.0}  # from the stage times of results/demo.json
 PADDING = 0.85  # share of a padded batch that is real audio
 # --seed-spread: how much a row's WER moves with the fine-tuning seed alone (same distilled
 # student, same data), to read the claims' differences against: two cheap rows, low budget.
@@ -183,7 +183,8 @@ def parse_args(argv=None):
     g.add_argument("--timing-runs", type=int, default=5, help="timed forward passes per model (median)")
     g.add_argument("--seed-spread", action="store_true",
                    help=f"also fine-tune {', '.join(SPREAD_ROWS)} at the low budget with CTC seeds "
-                        f"{', '.join(map(str, SPREAD_SEEDS))} and report how far their test WERs spread")
+                        f"{', '.join(map(str, SPREAD_SEEDS))} and report how far their test WERs spread "
+                        f"(in RESULTS/NAME-seed-spread.*; the run's own NAME.* stay as they are)")
     return p.parse_args(argv)
 
 
@@ -195,6 +196,11 @@ def run_name(args):
     if args.steps != 1:
         name += f"-x{args.steps:g}"
     return name
+
+
+def results_base(args):
+    """RESULTS/NAME, where NAME.json, .md and .png go; --seed-spread's go to NAME-seed-spread.*."""
+    return os.path.join(args.results, run_name(args) + ("-seed-spread" if args.seed_spread else ""))
 
 
 def sizing_for(args):
@@ -483,7 +489,7 @@ def main(args):
     }
     result["claims"] = claims(rows, words)
     os.makedirs(args.results, exist_ok=True)
-    base = os.path.join(args.results, name)
+    base = results_base(args)
     with open(base + ".json", "w") as f:
         json.dump(result, f, indent=2)
     text = markdown(result)

@@ -2166,6 +2166,8 @@ def test_seed_spread_adds_low_budget_ctc_runs_with_other_seeds_and_the_table_rep
         twin = base[st.out_dir.rsplit("-seed", 1)[0]].argv  # the seed-0 run: everything else equal
         assert st.argv[st.argv.index("--seed") + 1] == st.out_dir.rsplit("seed", 1)[1]
         assert len(st.argv) == len(twin) and sum(a != b for a, b in zip(st.argv, twin)) == 2  # only seed and folder
+    assert demo.results_base(demo.parse_args(["--seed-spread"])) == os.path.join("results", "demo-seed-spread")
+    assert demo.results_base(demo.parse_args([])) == os.path.join("results", "demo")  # not overwritten by it
     result = demo_result()
     result["rows"][2]["seed_wers"] = [70.0, 72.5, 69.0]
     assert "S&W student, regression: 70.0 / 72.5 / 69.0 WER (range 3.5)" in results.markdown(result)
