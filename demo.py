@@ -85,12 +85,12 @@ class Sizing:
     budgets: tuple = ("low", "high")  # label budgets to fine-tune at
 
 
-# "full" fits 45 min on 2 CPU cores (rates in SPEED), the teacher being shipped: 4 distillations
+# "full" takes ~37 min on 2 CPU cores (rates in SPEED), the teacher being shipped: 4 distillations
 # of 800 steps of 16 s (~3 epochs of the 1 h train set each; the D&T student starts from a random
-# transformer: 400 steps gave it dev WER 74.9 at the low budget, 600 steps 74.0, 800 steps 71.5),
-# reading the teacher's states from one cache (distill.py --teacher-cache: 1.35x faster); the
-# Fbank student's front-end steps (stage 1) come on top, so its stage 2 is as long as the others'
-# distillation. Then 12 CTC runs: 1800 steps at the larger budget (~7 epochs), 700 at the low one
+# transformer: 400 steps gave it dev WER 74.9 at the low budget, 600 steps 74.0, 800 steps 71.8),
+# all reading the teacher's states from one cache (distill.py --teacher-cache: 1.36x faster for
+# D&T); the Fbank student's front-end steps (stage 1) come on top, so its stage 2 is as long as
+# the others' distillation. Then 12 CTC runs: 1800 steps at the larger budget (~7 epochs), 700 at the low one
 # (6 min of labels, ~30 epochs). The from-scratch row gets the distillation's steps on top. "quick"
 # runs the teacher, the from-scratch student and an S&W student at one budget in ~5 min, with 8 s
 # batches (twice the updates per second of 16 s ones).

@@ -8,7 +8,8 @@ log. Defaults are the authors' (AdamW 2e-4, 7% warmup, betas 0.9/0.98, eps 1e-6,
 the teacher's codeword distribution is from uniform). Fbank students first train only their
 front-end for --frontend-steps (Sec. 3.3), optionally with --specaugment.
 --teacher-cache computes the teacher's hidden states once per utterance and reads them back every
-step (TeacherCache: 1.35x faster toy distillation, the same losses up to fp16 rounding).
+step (TeacherCache: toy D&T and S&W distillation 1.36x and 1.44x faster, the same losses up to
+fp16 rounding).
 Runs unchanged under `torchrun --nproc_per_node=N distill.py ...` (DistributedDataParallel).
 Ctrl-C (or SIGTERM) stops at the next step with a checkpoint; --resume continues bit-exactly.
 Throughput of this step (audio-s/s, FLOPs utilisation): bench.py.
@@ -411,7 +412,7 @@ def set_cmvn(student, utterances, rank, max_utts=200):
 class TeacherCache:
     """The frozen teacher's hidden states of every training utterance, computed once and kept in a
     file, so that each distillation step (and each student distilled from the same teacher on the
-    same data) skips the teacher's forward pass: ~40% of a toy D&T step, half of an S&W one.
+    same data) skips the teacher's forward pass: a quarter to a third of a toy D&T or S&W step.
 
     Each utterance is run alone, without padding: with HuBERT Base's GroupNorm CNN its states
     differ a little from those in a padded batch (README, "Padding and GroupNorm"), the same for
@@ -433,7 +434,7 @@ class TeacherCache:
             raise ValueError(f"--teacher-cache {path} was made with another teacher (its weights differ from "
                              f"--teacher's); delete it or name another file")
         self.hidden = cache["hidden"]  # (L+1, all frames, D) fp16
-        self.index = {}                # utterance id -> (first frame, frames)
+        self.index = {}                # utterance id -> (first frame, frames, samples)
         start = 0
         for uid, samples, frames in zip(cache["ids"], cache["samples"], cache["frames"]):
             self.index[uid] = (start, frames, samples)
