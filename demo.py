@@ -86,14 +86,15 @@ class Sizing:
 
 
 # "full" takes ~37 min on 2 CPU cores (rates in SPEED), the teacher being shipped: 4 distillations
-# of 800 steps of 16 s (~3 epochs of the 1 h train set each; the D&T student starts from a random
-# transformer: 400 steps gave it dev WER 74.9 at the low budget, 600 steps 74.0, 800 steps 71.8),
-# all reading the teacher's states from one cache (distill.py --teacher-cache: 1.36x faster for
-# D&T); the Fbank student's front-end steps (stage 1) come on top, so its stage 2 is as long as
-# the others' distillation. Then 12 CTC runs: 1800 steps at the larger budget (~7 epochs), 700 at the low one
-# (6 min of labels, ~30 epochs). The from-scratch row gets the distillation's steps on top. "quick"
-# runs the teacher, the from-scratch student and an S&W student at one budget in ~5 min, with 8 s
-# batches (twice the updates per second of 16 s ones).
+# of 800 steps of 16 s (~3 epochs of the 1 h train set each), all reading the teacher's states
+# from one cache (distill.py --teacher-cache: 1.36x faster for D&T). The D&T student starts from
+# a random transformer: at lr 1e-3, 400 steps gave it dev WER 74.9 at the low budget, 600 steps
+# 74.0, 800 steps 71.8, 1200 steps 70.4; 800 steps at 2e-3: 68.9 (see ROWS). The Fbank student's
+# front-end steps (stage 1) come on top, so its stage 2 is as long as the others' distillation.
+# Then 12 CTC runs: 1800 steps at the larger budget (~7 epochs), 700 at the low one (6 min of
+# labels, ~30 epochs). The from-scratch row gets the distillation's steps on top. "quick" runs the
+# teacher, the from-scratch student and an S&W student at one budget in ~5 min, with 8 s batches
+# (twice the updates per second of 16 s ones).
 SIZINGS = {
     "full": Sizing(hours=1.25, distill_steps=800, frontend_steps=200, finetune_steps=1800, low_finetune_steps=700,
                    freeze_steps=50, low_hours=0.1, batch_seconds=16.0, eval_every=400),

@@ -429,7 +429,8 @@ class TeacherCache:
                 make_teacher_cache(path, teacher, utterances, device, fingerprint, quiet)
         cache = checkpoints.load_checkpoint(path, mmap=True)
         if cache.get("format") != self.FORMAT:
-            raise ValueError(f"--teacher-cache {path}: not a teacher cache of this project; delete it or name another file")
+            raise ValueError(f"--teacher-cache {path}: not a teacher cache of this project; "
+                             f"delete it or name another file")
         if cache["fingerprint"] != fingerprint:
             raise ValueError(f"--teacher-cache {path} was made with another teacher (its weights differ from "
                              f"--teacher's); delete it or name another file")
