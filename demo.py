@@ -155,7 +155,7 @@ ROWS = [
 # two stages side by side, for the time estimates printed with every stage; fine-tuning with the
 # front-end cache (--cache-frontend).
 SPEED = {"synth": 400.0, "pretrain": 21.0, "distill": 32.0, "distill-fbank": 72.0,
-         "finetune": 99.0, "finetune-teacher": 37.0}  # from the stage times of results/demo.json
+         "finetune": 99.0, "finetune-teacher": 37.0}  # from the stage times of the run at a078a37
 PADDING = 0.85  # share of a padded batch that is real audio
 # --seed-spread: how much a row's WER moves with the fine-tuning seed alone (same distilled
 # student, same data), to read the claims' differences against: two cheap rows, low budget.

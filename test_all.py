@@ -1454,6 +1454,7 @@ def test_logged_distillation_losses_are_interval_means_with_per_layer_values(toy
         assert len(r["l1_layers"]) == len(r["cos_layers"]) == 2  # one value per predicted layer
         assert r["l1"] == pytest.approx(sum(r["l1_layers"]) / 2, rel=1e-5)  # the regression averages layers
 
+
 def test_teacher_cache_holds_each_utterances_states_and_gives_the_same_loss(toy_corpus, tmp_path):
     """TeacherCache: every utterance's states equal the teacher run on it alone (fp16 rounding),
     zero-padded per batch with the teacher's frame lengths; a one-utterance batch's loss with
