@@ -3,13 +3,13 @@
 A distilled student (or any teacher) gets a linear CTC head over the character vocabulary of
 data.py (fairseq's letter set, `|` between words) and is fine-tuned on transcribed audio with
 fairseq's HuBERT recipe (examples/hubert/config/finetune/base_10h.yaml), scaled by flags: the
-CNN / Fbank front-end always frozen, the encoder frozen for the first --freeze-steps updates,
-tri-stage learning rate (base_10h's 8000 / 0 / 72000 steps, or shares of --max-steps with
---stages for short runs), time and channel masking of the transformer input, layerdrop. Dev WER
-(jiwer) is measured every --eval-every steps and the best checkpoint kept. Decoding is greedy,
-or a beam search with a KenLM language model through torchaudio's CTC decoder. Like distill.py it
-runs under torchrun (DDP; each rank decodes a share of the dev set), stops cleanly on Ctrl-C and
-resumes exactly with --resume.
+CNN / Fbank front-end frozen (unless --train-frontend), the encoder frozen for the first
+--freeze-steps updates, tri-stage learning rate (base_10h's 8000 / 0 / 72000 steps, or shares of
+--max-steps with --stages for short runs), time and channel masking of the transformer input,
+layerdrop. Dev WER (jiwer) is measured every --eval-every steps and the best checkpoint kept.
+Decoding is greedy, or a beam search with a KenLM language model through torchaudio's CTC
+decoder. Like distill.py it runs under torchrun (DDP; each rank decodes a share of the dev set),
+stops cleanly on Ctrl-C and resumes exactly with --resume.
 
     python finetune.py --init runs/tiny/student.pt --train corpus/train --valid corpus/dev \\
         --out-dir runs/tiny-ctc --max-steps 200 --freeze-steps 50 --lr 5e-4 --stages 0.1,0.4,0.5
@@ -76,6 +76,9 @@ def parse_args(argv=None):
     g.add_argument("--mask-length", type=int, default=10, help="masked span, frames of 20 ms")
     g.add_argument("--mask-channel-prob", type=float, default=0.5, help="share of channels starting a zeroed span")
     g.add_argument("--mask-channel-length", type=int, default=64, help="zeroed channel span, channels")
+    g.add_argument("--train-frontend", action=argparse.BooleanOptionalAction, default=False,
+                   help="train the CNN / Fbank front-end with the encoder (fairseq's feature_grad_mult 1 "
+                        "instead of base_10h's 0); e.g. for a distilled Fbank front-end far from converged")
     g.add_argument("--specaugment", action=argparse.BooleanOptionalAction, default=None,
                    help="Fbank students only: SpecAugment on the fbank features in training (the authors' "
                         "2 frequency masks <= 30 bins, 2 time masks <= 40 frames of 10 ms), on top of the "
@@ -123,6 +126,8 @@ def parse_args(argv=None):
             p.error("fine-tuning needs " + ", ".join("--" + m.replace("_", "-") for m in missing))
     if args.eval and not args.data:
         p.error("--eval needs --data")
+    if args.cache_frontend and args.train_frontend:
+        p.error("--cache-frontend keeps a frozen front-end's output; --train-frontend trains it: choose one")
     if args.transcribe and len(args.transcribe) < 2:
         p.error("--transcribe needs a checkpoint and at least one audio file")
     if args.stages is not None:
@@ -211,13 +216,14 @@ def with_regularisation(encoder, args):
     return rebuilt
 
 
-def set_trainable(ctc, train_encoder):
-    """fairseq's recipe: the front-end never trains (feature_grad_mult 0); the encoder and the mask
-    embedding only from --freeze-steps on (freeze_finetune_updates); the CTC head always."""
+def set_trainable(ctc, train_encoder, train_frontend=False):
+    """fairseq's recipe: the front-end never trains (feature_grad_mult 0) unless train_frontend
+    (--train-frontend), and then with the encoder; the encoder and the mask embedding only from
+    --freeze-steps on (freeze_finetune_updates); the CTC head always."""
     ctc.requires_grad_(True)
     ctc.encoder.requires_grad_(train_encoder)
     ctc.mask_embedding.requires_grad_(train_encoder)
-    ctc.encoder.feature_extractor.requires_grad_(False)
+    ctc.encoder.feature_extractor.requires_grad_(train_encoder and train_frontend)
 
 
 def ctc_checkpoint(ctc, **extra):
@@ -330,7 +336,7 @@ class Run(RunState):
     """A fine-tuning run: build_run makes it, train steps it."""
     ctc: model.CTCModel
     net: nn.Module                       # ctc, inside DistributedDataParallel when world > 1
-    trainable: list                      # parameters the optimizer updates: all but the front-end
+    trainable: list                      # parameters the optimizer updates: all but a frozen front-end
     valid_utts: list                     # --valid utterances (may be empty)
     best: float = math.inf               # best dev WER so far, %
 
@@ -349,7 +355,7 @@ def train(args):
             stop_if_asked(stopper, run, save)
             ctc.train()
             frozen = run.step < args.freeze_steps
-            set_trainable(ctc, train_encoder=not frozen)
+            set_trainable(ctc, train_encoder=not frozen, train_frontend=args.train_frontend)
             lr = tri_stage_lr(run.step, args.lr, args.warmup_steps, args.hold_steps, args.decay_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -411,8 +417,8 @@ def build_run(args, device, rank, world):
             mask_length=args.mask_length, mask_channel_prob=args.mask_channel_prob,
             mask_channel_length=args.mask_channel_length))
     ctc.to(device)
-    set_trainable(ctc, train_encoder=True)  # DDP registers the parameters that require grad now
-    trainable = [p for p in ctc.parameters() if p.requires_grad]  # all but the front-end
+    set_trainable(ctc, train_encoder=True, train_frontend=args.train_frontend)  # DDP registers these now
+    trainable = [p for p in ctc.parameters() if p.requires_grad]  # all but a frozen front-end
     # Some parameters get no gradient in a step (frozen encoder, layerdrop, mask embedding with
     # masking off): DDP must look for them, or it waits for their gradients forever.
     net = nn.parallel.DistributedDataParallel(ctc, device_ids=[device.index] if device.type == "cuda" else None,

@@ -1704,14 +1704,16 @@ def test_masking_uses_the_mask_embedding_and_channel_spans_and_is_off_in_eval():
         assert not torch.allclose(ctc(waves, wave_lengths)[0], off(waves, wave_lengths)[0])
 
 
-def test_frontend_never_trains_and_encoder_only_after_freeze_steps():
+@pytest.mark.parametrize("train_frontend", [False, True])
+def test_frontend_trains_only_if_asked_and_encoder_only_after_freeze_steps(train_frontend):
     ctc = random_ctc(mask_prob=0.5, mask_length=4).train()
     waves, lengths = torch.randn(2, 16_000), torch.tensor([16_000, 12_000])
     for train_encoder in (False, True):
         ctc.zero_grad(set_to_none=True)
-        finetune.set_trainable(ctc, train_encoder)
+        finetune.set_trainable(ctc, train_encoder, train_frontend)
         ctc(waves, lengths)[0].sum().backward()
-        assert all(p.grad is None for p in ctc.encoder.feature_extractor.parameters())
+        frontend = list(ctc.encoder.feature_extractor.parameters())
+        assert all((p.grad is not None) == (train_encoder and train_frontend) for p in frontend)
         assert ctc.proj.weight.grad is not None
         transformer = list(ctc.encoder.encoder.parameters()) + [ctc.mask_embedding]
         assert all((p.grad is not None) == train_encoder for p in transformer)
@@ -1728,6 +1730,23 @@ def test_finetuning_keeps_encoder_frozen_then_trains_it_never_the_frontend(tone_
     assert any(k.startswith("encoder.transformer.layers.") for k in changed)
     assert trained["config"]["layerdrop"] == 0.0 and frozen["config"]["layerdrop"] == 0.1
     assert re.search(r"dev WER \d+\.\d\d", capsys.readouterr().out)
+
+
+def test_train_frontend_flag_trains_the_frontend_after_freeze_steps_only(tone_corpus, student, tmp_path):
+    """finetune.py --train-frontend: the front-end changes with the encoder, not while it is frozen;
+    with --cache-frontend (which keeps a frozen front-end's output) it is a usage error."""
+    init = checkpoints.load_checkpoint(student)["encoder"]
+    changed = lambda ckpt: {k.split(".")[0] for k, v in ckpt["encoder"].items() if not torch.equal(init[k], v)}
+    frozen = run_finetune(tone_corpus, student, tmp_path / "a", "--max-steps", "2", "--freeze-steps", "2",
+                          "--train-frontend")
+    assert changed(frozen) == set()
+    trained = run_finetune(tone_corpus, student, tmp_path / "b", "--max-steps", "2", "--freeze-steps", "1",
+                           "--layerdrop", "0.0", "--train-frontend")
+    assert changed(trained) >= {"feature_extractor", "encoder"}
+    with pytest.raises(SystemExit) as stop:
+        finetune.parse_args(["--init", student, "--train", "t", "--out-dir", "o", "--train-frontend",
+                             "--cache-frontend"])
+    assert stop.value.code == 2
     assert os.path.isfile(tmp_path / "b" / "best.pt")
 
 
@@ -2194,7 +2213,8 @@ def test_plan_scales_steps_and_gives_the_low_budget_to_low_runs_only():
         from_scratch = "/scratch-" in st.out_dir  # as many updates as distillation + CTC
         assert steps == (full.low_finetune_steps if low else full.finetune_steps) + \
             (full.distill_steps if from_scratch else 0)
-        assert ("--cache-frontend" in st.argv) == ("/dt-fbank-" not in st.out_dir)  # CNN front-ends only
+        fbank = "/dt-fbank-" in st.out_dir  # a frozen CNN's output is cached, an Fbank front-end trains
+        assert ("--cache-frontend" in st.argv, "--train-frontend" in st.argv) == (not fbank, fbank)
         mask_prob = float(st.argv[st.argv.index("--mask-prob") + 1])  # masks regularise the small budget only
         assert (mask_prob > 0) == low and mask_prob == demo.MASKING["low" if low else "high"]["mask_prob"]
     teacher_ctc = next(st for st in ctc if st.out_dir == "R/ctc/teacher-low")
