@@ -493,6 +493,7 @@ def main(args):
         "command": shlex.join(["python", "demo.py", *sys.argv[1:]]),
         "machine": machine(), "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "date": datetime.date.today().isoformat(), "torch": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the kernels' code path: AVX2, AVX512, ...
         "wall_seconds": wall_seconds(runs) + time.time() - t0, "stage_seconds": times,
         "settings": {**asdict(s), "teacher": f"{t['layers']}x{t['dim']} (FFN {t['ffn']})"},
         "teacher": {"steps": record["training"]["max_steps"], **record.get("final", {})},
