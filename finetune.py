@@ -307,9 +307,10 @@ def load_train_set(args, rank):
 class FrontendCache:
     """The frozen CNN front-end's output of each training utterance, computed once, on first use.
 
-    Fine-tuning never trains the front-end (fairseq's recipe) and a small labelled set is seen for
-    many epochs, so running the CNN on the same audio every step repeats the same work (the
-    demo's toy D&T student spends ~24% of a fine-tuning step in its CNN). Each utterance is
+    Fine-tuning does not train the front-end (fairseq's recipe; --train-frontend, which does, is
+    refused with --cache-frontend) and a small labelled set is seen for many epochs, so running
+    the CNN on the same audio every step repeats the same work (the demo's toy D&T student spends
+    ~24% of a fine-tuning step in its CNN). Each utterance is
     computed alone, without padding: with HuBERT Base's GroupNorm CNN its features differ a little
     from those in a padded batch (see the README's "Padding and GroupNorm"), the same for every
     epoch. Only CNN front-ends: the Fbank front-end's dropout and SpecAugment differ every step."""
