@@ -121,11 +121,14 @@ FINETUNE = dict(lr=1e-3, stages="0.1,0.4,0.5", layerdrop=0.0, clip=10.0)  # earl
 MASKING = {"low": dict(mask_prob=0.25, mask_channel_prob=0.1, mask_channel_length=8),
            "high": dict(mask_prob=0.0, mask_channel_prob=0.0)}
 
-# The front-end in CTC. The CNN is the teacher's, pre-trained for 3000 steps: frozen, as in
-# fairseq's recipe, so its output is computed once per utterance (--cache-frontend). The Fbank
-# front-end was distilled for only a few hundred steps and keeps learning with the encoder
-# (finetune.py --train-frontend). The same distilled Fbank student, 1800 steps with 61 min of
-# labels, frozen / trained: dev WER 50.4 / 42.2, test WER 43.9 / 39.9.
+# The front-end in distillation and CTC. The CNN students start from the teacher's CNN, pre-trained
+# for 3000 steps: it stays frozen in both (the authors' distillation trains it, its gradient scaled
+# by feature_grad_mult 0.1; fairseq's fine-tuning freezes it), so its output is computed once per
+# utterance (--cache-frontend in both CLIs): DISTILL_CNN_NOTE. The Fbank front-end was distilled
+# for only a few hundred steps and keeps learning with the encoder (finetune.py --train-frontend).
+# The same distilled Fbank student, 1800 steps with 61 min of labels, frozen / trained: dev WER
+# 50.4 / 42.2, test WER 43.9 / 39.9.
+FRONTEND_IN_DISTILL = {"cnn": dict(cache_frontend=True), "fbank": {}}
 FRONTEND_IN_CTC = {"cnn": dict(cache_frontend=True), "fbank": dict(train_frontend=True)}
 
 
@@ -249,7 +252,8 @@ def plan(runs, s: Sizing, teacher=SHIPPED_TEACHER, spread=False):
                     f"{corpus}/synth.json", seconds=3600 * s.hours / SPEED["synth"])]
     for row in rows_of(s)[1:]:
         flags = dict(max_steps=s.distill_steps, batch_seconds=s.batch_seconds,
-                     log_every=log_every(s.distill_steps), seed=0, **DISTILL)
+                     log_every=log_every(s.distill_steps), seed=0, **DISTILL,
+                     **FRONTEND_IN_DISTILL["fbank" if row.fbank else "cnn"])
         if row.fbank:
             flags.update(frontend_steps=s.frontend_steps, max_steps=s.frontend_steps + s.distill_steps)
         flags.update(row.flags or {})
@@ -479,7 +483,8 @@ def main(args):
     record = check_teacher()
     runs, s = args.runs or os.path.join("runs", name), sizing_for(args)
     settings = {**asdict(s), "teacher": TEACHER, "teacher_sha256": file_sha256(SHIPPED_TEACHER),
-                "rows": [asdict(r) for r in rows_of(s)], "distill": DISTILL, "finetune": FINETUNE, "masking": MASKING}
+                "rows": [asdict(r) for r in rows_of(s)], "distill": DISTILL, "finetune": FINETUNE, "masking": MASKING,
+                "frontend": {"distill": FRONTEND_IN_DISTILL, "ctc": FRONTEND_IN_CTC}}
     check_settings(runs, settings)
     stages = plan(runs, s, spread=args.seed_spread)
     times = run_stages(stages, runs, start, args.jobs)

@@ -9,7 +9,9 @@ the teacher's codeword distribution is from uniform). Fbank students first train
 front-end for --frontend-steps (Sec. 3.3), optionally with --specaugment.
 --teacher-cache computes the teacher's hidden states once per utterance and reads them back every
 step (TeacherCache: toy D&T and S&W distillation 1.36x and 1.44x faster, the same losses up to
-fp16 rounding).
+fp16 rounding). --cache-frontend keeps a CNN student's front-end (the teacher's CNN) frozen and
+computes its output once per utterance (model.FrontendCache); by default it trains with the rest
+(the authors' configs scale its gradient by feature_grad_mult 0.1).
 Runs unchanged under `torchrun --nproc_per_node=N distill.py ...` (DistributedDataParallel).
 Ctrl-C (or SIGTERM) stops at the next step with a checkpoint; --resume continues bit-exactly.
 Throughput of this step (audio-s/s, FLOPs utilisation): bench.py.
@@ -70,6 +72,11 @@ def parse_args(argv=None):
                    help="Fbank students only: SpecAugment on the fbank features in training (the authors' "
                         "2 frequency masks <= 30 bins, 2 time masks <= 40 frames of 10 ms); stored in the "
                         "student's config, so fine-tuning keeps it unless finetune.py --no-specaugment")
+    g.add_argument("--cache-frontend", action=argparse.BooleanOptionalAction, default=False,
+                   help="CNN students only: keep the front-end (the CNN copied from the teacher) frozen, the "
+                        "authors' feature_grad_mult 0, and compute its output once per training utterance, "
+                        "kept in memory (~frames x CNN channels x 4 bytes, 1 h at 512 channels: ~370 MB); "
+                        "see model.FrontendCache. Default: the CNN trains with the transformer")
     g.add_argument("--target-layers", type=str, default=None,
                    help="teacher layers to predict, e.g. 4,8,12 (default: 3 evenly spaced for S&W "
                         "presets, proportional layer-to-layer for D&T)")
@@ -126,12 +133,13 @@ class Distiller(nn.Module):
         super().__init__()
         self.student, self.heads, self.frontend_proj = student, heads, frontend_proj
 
-    def forward(self, waves, lengths, frontend_only=False):
-        """-> (pred [N, B, T, C] or front-end pred [B, T, C], disc logits [B, T, K] or None, frame_lengths [B])."""
+    def forward(self, waves, lengths, frontend_only=False, features=None):
+        """-> (pred [N, B, T, C] or front-end pred [B, T, C], disc logits [B, T, K] or None, frame_lengths [B]).
+        features: the front-end's output when already computed (--cache-frontend)."""
         if frontend_only:
             x, frame_lengths = self.student.frontend(waves, lengths)
             return self.frontend_proj(x), None, frame_lengths
-        hidden, frame_lengths = self.student(waves, lengths)
+        hidden, frame_lengths = self.student(waves, lengths, features=features)
         pred, disc_logits = self.heads(hidden)
         return pred, disc_logits, frame_lengths
 
@@ -141,16 +149,17 @@ def trim(x, T):
     return x[..., :T, :]
 
 
-def distill_loss(args, teacher, distiller, waves, lengths, frontend_only, teacher_states=None):
+def distill_loss(args, teacher, distiller, waves, lengths, frontend_only, teacher_states=None, features=None):
     """One batch: teacher and student forwards, frames aligned, then losses.distillation_loss.
     teacher_states: the teacher's (hidden states, frame lengths) of this batch if already known
-    (TeacherCache), else the teacher runs. Returns (L, dict of float parts)."""
+    (TeacherCache), else the teacher runs; features: the student's front-end output if already
+    known (FrontendCache). Returns (L, dict of float parts)."""
     if teacher_states is None:
         with autocast(waves.device, "bf16" if args.precision == "bf16" else "fp32"):  # teacher: never fp16
             teacher_states = teacher(waves, lengths)
     t_hidden, t_lengths = teacher_states
     with autocast(waves.device, args.precision):
-        pred, s_logits, s_lengths = distiller(waves, lengths, frontend_only)
+        pred, s_logits, s_lengths = distiller(waves, lengths, frontend_only, features)
     T = min(pred.shape[-2], t_hidden[0].shape[1])
     mask = model.padding_mask(torch.minimum(s_lengths, t_lengths).clamp(max=T), T)  # (B, T)
     pred = trim(pred.float(), T)
@@ -193,9 +202,13 @@ def make_distiller(args, preset, student, teacher):
 
 
 def check_frontend_flags(args):
-    """--frontend-steps and --specaugment act on the Fbank front-end: refuse them for a student with
-    HuBERT's waveform CNN before any work is done (one-line error, not a traceback at step 1)."""
+    """--frontend-steps and --specaugment act on the Fbank front-end, --cache-frontend on the CNN:
+    refuse them for the other kind of student before any work is done (one-line error, not a
+    traceback at step 1)."""
     frontend = model.PRESETS[args.student].config.get("frontend", "cnn")
+    if args.cache_frontend and frontend != "cnn":
+        raise ValueError(f"--cache-frontend needs a student with HuBERT's waveform CNN; {args.student} has an "
+                         f"Fbank front-end (its dropout and SpecAugment differ every step)")
     used = [flag for flag, on in (("--frontend-steps", args.frontend_steps > 0),
                                   ("--specaugment", args.specaugment)) if on]
     if used and frontend != "fbank":
@@ -228,6 +241,7 @@ class Run(RunState):
     teacher: model.Teacher
     distiller: nn.Module                 # Distiller, inside DistributedDataParallel when world > 1
     teacher_cache: "TeacherCache" = None  # --teacher-cache
+    frontend_cache: model.FrontendCache = None  # --cache-frontend
 
 
 def main(args):
@@ -251,11 +265,12 @@ def main(args):
             for micro in range(args.grad_accum):
                 waves, lengths, ids = read_batch(run)
                 states = run.teacher_cache(ids, run.device) if run.teacher_cache else None
+                features = run.frontend_cache(ids, waves, lengths) if run.frontend_cache else None
                 if not entropy_shown:  # an extra teacher forward, once; it draws no random numbers
                     print_codeword_entropy(teacher, waves, lengths, args.tau)
                     entropy_shown = True
                 with no_sync_unless(distiller, last=micro == args.grad_accum - 1):
-                    loss, parts = distill_loss(args, teacher, distiller, waves, lengths, frontend_only, states)
+                    loss, parts = distill_loss(args, teacher, distiller, waves, lengths, frontend_only, states, features)
                     stop_unless_finite(run, loss, parts)
                     scaler.scale(loss / args.grad_accum).backward()
                 add_parts(interval, {"loss": loss.item(), **parts})
@@ -297,6 +312,10 @@ def build_run(args, device, rank, world):
                          f"{args.teacher} has none (Hugging Face and fine-tuned checkpoints drop it)")
     cache = TeacherCache(args.teacher_cache, teacher, utterances, device, rank != 0) if args.teacher_cache else None
     distiller, pairs = build_distiller(args, teacher, resume, ckpt_path, utterances, device, rank)
+    frontend_cache = None
+    if args.cache_frontend:  # a frozen CNN: no gradient, so the optimizer and DDP leave it alone
+        distiller.student.feature_extractor.requires_grad_(False)
+        frontend_cache = model.FrontendCache(distiller.student)
     if rank == 0:
         tcfg, scfg = teacher.config, distiller.student.config
         n_student = model.count_parameters(distiller.student) / 1e6
@@ -313,7 +332,7 @@ def build_run(args, device, rank, world):
                                   eps=args.eps, weight_decay=args.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
     run = Run(args=args, device=device, rank=rank, world=world, ckpt_path=ckpt_path, optimizer=optimizer,
-              scaler=scaler, teacher=teacher, distiller=distiller, teacher_cache=cache)
+              scaler=scaler, teacher=teacher, distiller=distiller, teacher_cache=cache, frontend_cache=frontend_cache)
     if resume:
         optimizer.load_state_dict(resume["optimizer"])
         scaler.load_state_dict(resume["scaler"])

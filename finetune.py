@@ -63,7 +63,7 @@ def parse_args(argv=None):
     g.add_argument("--cache-frontend", action=argparse.BooleanOptionalAction, default=False,
                    help="keep the frozen CNN's output of each training utterance in memory after its first use "
                         "(small sets seen for many epochs; ~frames x CNN channels x 4 bytes, 1 h at 512 channels: "
-                        "~370 MB); see FrontendCache")
+                        "~370 MB); see model.FrontendCache")
     g = p.add_argument_group("model (fairseq base_10h values)")
     g.add_argument("--init", help="student.pt from distill.py, or any teacher source (fine-tune HuBERT itself)")
     g.add_argument("--final-dropout", type=float, default=0.0, help="dropout before the CTC head")
@@ -304,34 +304,6 @@ def load_train_set(args, rank):
     return utterances
 
 
-class FrontendCache:
-    """The frozen CNN front-end's output of each training utterance, computed once, on first use.
-
-    Fine-tuning does not train the front-end (fairseq's recipe; --train-frontend, which does, is
-    refused with --cache-frontend) and a small labelled set is seen for many epochs, so running
-    the CNN on the same audio every step repeats the same work (the demo's toy D&T student spends
-    ~24% of a fine-tuning step in its CNN). Each utterance is
-    computed alone, without padding: with HuBERT Base's GroupNorm CNN its features differ a little
-    from those in a padded batch (see the README's "Padding and GroupNorm"), the same for every
-    epoch. Only CNN front-ends: the Fbank front-end's dropout and SpecAugment differ every step."""
-
-    def __init__(self, encoder):
-        if encoder.config.frontend != "cnn":
-            raise ValueError("--cache-frontend: only CNN front-ends (the Fbank front-end has dropout/SpecAugment)")
-        self.encoder, self.store = encoder, {}
-
-    @torch.no_grad()
-    def __call__(self, batch, device):
-        """The batch's front-end output (feats [B, T, C], frame_lengths [B]), padded with zeros."""
-        for uid, wave, n in zip(batch["ids"], batch["waves"], batch["lengths"].tolist()):
-            if uid not in self.store:
-                feats, _ = self.encoder.features(wave[None, :n].to(device), torch.tensor([n], device=device))
-                self.store[uid] = feats[0].float()  # (T, C)
-        feats = [self.store[uid] for uid in batch["ids"]]
-        frame_lengths = torch.tensor([len(f) for f in feats], device=device)
-        return nn.utils.rnn.pad_sequence(feats, batch_first=True), frame_lengths
-
-
 @dataclass(kw_only=True)
 class Run(RunState):
     """A fine-tuning run: build_run makes it, train steps it."""
@@ -348,7 +320,7 @@ def train(args):
     run = build_run(args, device, rank, world)
     ctc, net, optimizer, scaler = run.ctc, run.net, run.optimizer, run.scaler
     logger = Logger(args.out_dir, args.max_steps, rank)
-    cache = FrontendCache(ctc.encoder) if args.cache_frontend else None
+    cache = model.FrontendCache(ctc.encoder) if args.cache_frontend else None
     last_log, interval = run.step, {}  # the logged loss: the mean over the steps since the last line (add_parts)
     stop_at = last_step(run)
     with GracefulStop() as stopper:
@@ -366,7 +338,7 @@ def train(args):
                 waves, lengths = batch["waves"].to(device), batch["lengths"].to(device)
                 targets, target_lengths = batch["targets"].to(device), batch["target_lengths"].to(device)
                 with no_sync_unless(net, last=micro == args.grad_accum - 1):
-                    features = cache(batch, device) if cache else None
+                    features = cache(batch["ids"], waves, lengths) if cache else None
                     with autocast(device, args.precision):
                         log_probs, frame_lengths = net(waves, lengths, features)
                     # fairseq's ctc criterion with sentence_avg: summed over frames, averaged over utterances

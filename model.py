@@ -135,15 +135,16 @@ class Encoder(nn.Module):
 
     def frontend(self, waves, lengths, features=None):
         """(waves [B, S], lengths [B]) -> transformer input [B, T, D] (padding zeroed), frame_lengths [B].
-        features: the front-end's output (feats, frame_lengths) when already computed (finetune.py's cache)."""
+        features: the front-end's output (feats, frame_lengths) when already computed (FrontendCache)."""
         feats, frame_lengths = features if features is not None else self.features(waves, lengths)
         x = self.encoder.feature_projection(feats)  # layer norm, Linear(C -> D), dropout (Identity for Fbank)
         x = x.masked_fill(padding_mask(frame_lengths, x.shape[1])[..., None], 0.0)  # (B, T, D)
         return x, frame_lengths
 
-    def forward(self, waves, lengths, num_layers=None):
-        """(waves [B, S], lengths [B]) -> (hidden_states: list of L+1 x [B, T, D], frame_lengths [B])."""
-        x, frame_lengths = self.frontend(waves, lengths)
+    def forward(self, waves, lengths, num_layers=None, features=None):
+        """(waves [B, S], lengths [B]) -> (hidden_states: list of L+1 x [B, T, D], frame_lengths [B]);
+        features: see frontend."""
+        x, frame_lengths = self.frontend(waves, lengths, features)
         return self.transformer_layers(x, frame_lengths, num_layers)
 
     def transformer_layers(self, x, frame_lengths, num_layers=None):
@@ -172,6 +173,36 @@ class Encoder(nn.Module):
         if not t.layer_norm_first and len(hidden) == len(t.layers) + 1:
             hidden[-1] = t.layer_norm(x)
         return hidden, frame_lengths
+
+
+class FrontendCache:
+    """A frozen CNN front-end's output for each training utterance, computed once, on first use
+    (finetune.py and distill.py --cache-frontend).
+
+    Fine-tuning never trains the CNN (fairseq's recipe) and sees a small labelled set for many
+    epochs; distillation with a frozen CNN (the authors' feature_grad_mult 0) sees the same audio
+    every epoch: running the CNN each step repeats the same work (the toy D&T student spends ~24%
+    of a fine-tuning step in its CNN, and most of a distillation step, where the CNN trains, in its
+    forward and backward). Each utterance is computed alone, without padding: with HuBERT Base's
+    GroupNorm CNN its features differ a little from those in a padded batch (see the README's
+    "Padding and GroupNorm"), the same for every epoch. Only CNN front-ends: the Fbank
+    front-end's dropout and SpecAugment differ every step."""
+
+    def __init__(self, encoder):
+        if encoder.config.frontend != "cnn":
+            raise ValueError("--cache-frontend: only CNN front-ends (the Fbank front-end has dropout/SpecAugment)")
+        self.encoder, self.store = encoder, {}
+
+    @torch.no_grad()
+    def __call__(self, ids, waves, lengths):
+        """The batch's front-end output (feats [B, T, C], frame_lengths [B]), zero-padded, on waves' device."""
+        for uid, wave, n in zip(ids, waves, lengths.tolist()):
+            if uid not in self.store:
+                feats, _ = self.encoder.features(wave[None, :n], torch.tensor([n], device=waves.device))
+                self.store[uid] = feats[0].float()  # (T, C)
+        feats = [self.store[uid] for uid in ids]
+        frame_lengths = torch.tensor([len(f) for f in feats], device=waves.device)
+        return nn.utils.rnn.pad_sequence(feats, batch_first=True), frame_lengths
 
 
 def padding_mask(frame_lengths, T):

@@ -1502,6 +1502,47 @@ def test_distill_with_teacher_cache_makes_it_once_and_runs_read_it_alike(toy_cor
     assert [r["loss"] for r in first] == [r["loss"] for r in second] and len(first) == 3
 
 
+def test_distill_cache_frontend_freezes_the_cnn_and_gives_the_uncached_first_loss(tone_corpus, tmp_path,
+                                                                                   monkeypatch):
+    """--cache-frontend: the student's CNN stays the teacher's (no gradient, no update) while the rest
+    trains; each utterance's CNN output is computed once for the whole run; with a padding-invariant
+    (layer_norm) CNN the first step's loss is the one a run without the cache computes from padded
+    batches. The CLI path also refuses it for an Fbank student, in one line, before any work."""
+    ln = tiny_teacher(extractor_mode="layer_norm")
+    teacher = str(tmp_path / "ln_teacher.pt")
+    checkpoints.save_checkpoint(checkpoints.encoder_checkpoint(ln.encoder, "teacher", head=ln.head.state_dict()),
+                                teacher)
+    computed, features = [], model.Encoder.features
+
+    def counting(self, waves, lengths):  # the student's (2 layers; the teacher has 4) CNN calls, batch sizes
+        if self.config.layers == 2:
+            computed.append(len(waves))
+        return features(self, waves, lengths)
+
+    distill.main(distill_args(tone_corpus, teacher, tmp_path / "plain", "--max-steps", "6"))
+    monkeypatch.setattr(model.Encoder, "features", counting)
+    distill.main(distill_args(tone_corpus, teacher, tmp_path / "cached", "--max-steps", "6", "--cache-frontend"))
+    monkeypatch.undo()
+    assert computed == [1] * 8  # 6 steps of 2 s batches span 1.5 epochs of 8 utterances: each one computed once
+    read = lambda d: [json.loads(line)["loss"] for line in open(tmp_path / d / "log.jsonl")]
+    assert read("cached")[0] == pytest.approx(read("plain")[0], rel=1e-5)
+    cnn = lambda d: checkpoints.load_checkpoint(tmp_path / d / "student.pt")["encoder"]
+    frozen, trained = cnn("cached"), cnn("plain")
+    for k, v in ln.encoder.state_dict().items():
+        if k.startswith("feature_extractor."):
+            assert torch.equal(frozen[k], v), k                    # the teacher's CNN, untouched
+    assert any(not torch.equal(trained[k], v) for k, v in ln.encoder.state_dict().items()
+               if k.startswith("feature_extractor."))            # without the flag it trains
+    k = "encoder.transformer.layers.0.feed_forward.output_dense.weight"
+    assert not torch.equal(frozen[k], model.build_student("tiny", ln, dim=32, ffn=32, heads=2).state_dict()[k])
+    out = run_cli("distill.py", "--teacher", teacher, "--data", tone_corpus[0], "--device", "cpu",
+                  *FBANK_STUDENT, "--out-dir", str(tmp_path / "fbank"), "--cache-frontend")
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith("error: --cache-frontend needs a student with HuBERT's "
+                                                          "waveform CNN"), out.stderr
+    assert not os.path.exists(tmp_path / "fbank")
+
+
 FBANK_STUDENT = ["--student", "fithubert-fbank", "--layers", "2", "--dim", "32", "--ffn", "32", "--heads", "2"]
 
 
@@ -1755,9 +1796,9 @@ def test_frontend_cache_computes_each_utterance_once_and_equals_the_padded_batch
     encoder = tiny_student(extractor_mode="layer_norm").eval()  # padding-invariant CNN: cache == batch exactly
     utts = data.load_corpus([tone_corpus[0]])
     loader, _ = data.make_loader(utts, 4.0, shuffle=True, seed=0)
-    cache = finetune.FrontendCache(encoder)
+    cache = model.FrontendCache(encoder)
     for batch in loader:
-        feats, frame_lengths = cache(batch, torch.device("cpu"))
+        feats, frame_lengths = cache(batch["ids"], batch["waves"], batch["lengths"])
         with torch.no_grad():
             ref, ref_lengths = encoder.features(batch["waves"], batch["lengths"])
         assert torch.equal(frame_lengths, ref_lengths)
@@ -1767,9 +1808,9 @@ def test_frontend_cache_computes_each_utterance_once_and_equals_the_padded_batch
     assert len(cache.store) == len(utts)
     monkeypatch.setattr(encoder, "features", lambda *a: pytest.fail("recomputed a cached utterance"))
     for batch in loader:  # a second epoch comes from memory
-        cache(batch, torch.device("cpu"))
+        cache(batch["ids"], batch["waves"], batch["lengths"])
     with pytest.raises(ValueError, match="only CNN front-ends"):
-        finetune.FrontendCache(model.Encoder(model.EncoderConfig(frontend="fbank", dim=32, layers=1, heads=2,
+        model.FrontendCache(model.Encoder(model.EncoderConfig(frontend="fbank", dim=32, layers=1, heads=2,
                                                                  ffn=32, pos_conv_kernel=8, pos_conv_groups=4)))
 
 
@@ -2223,6 +2264,8 @@ def test_plan_scales_steps_and_gives_the_low_budget_to_low_runs_only():
     assert scratch.argv[scratch.argv.index("--max-steps") + 1] == "0"  # an untrained student
     distilled = [st for st in stages if st.argv[0] == "distill.py" and st is not scratch]
     assert "--teacher-cache" not in scratch.argv and len(distilled) == len(demo.ROWS) - 2
+    for st in distilled + [scratch]:  # the teacher's CNN stays frozen and cached in the CNN students
+        assert ("--cache-frontend" in st.argv) == ("/dt-fbank" not in st.out_dir), st.argv
     assert {st.argv[st.argv.index("--teacher-cache") + 1] for st in distilled} == {"R/teacher-states.pt"}  # one for all
     fbank = next(st for st in stages if st.out_dir == "R/students/dt-fbank")
     assert fbank.argv[fbank.argv.index("--frontend-steps") + 1] == str(full.frontend_steps)
