@@ -2051,6 +2051,11 @@ def test_claims_are_decided_by_paired_bootstrap_intervals_and_no_signal_near_100
     assert evidence[helps].startswith("70.0 vs 95.0 WER, difference -25.0 [")
     assert verdicts["D&T beats S&W at a similar size (low budget)"] == "holds"  # 60 vs 70 over 2000 words
     assert verdicts["the discriminative loss helps (low budget)"] == "undecided"  # 1.5 points: within the noise
+    most = "the discriminative loss helps most at the low budget"
+    assert demo_verdicts(**{"dt-disc": (50.0, 35.0)})[0][most] == "holds"  # gains 10 (low, holds) and 0 (high)
+    for disc, expected in (((61.0, 50.0), "undecided"), ((70.0, 60.0), "does not hold")):
+        v, e = demo_verdicts(**{"dt-disc": disc})  # hurting less at the low budget than at the high one
+        assert v[most] == expected and e[most].endswith(f"; but its gain at the low budget: {expected}"), e[most]
     assert verdicts["Fbank front-end: ~17% fewer parameters"] == "holds"  # 18%
     assert verdicts["Fbank front-end: ~2x faster inference"] == "holds"  # 2.5x
     worse, _ = demo_verdicts(scratch=(70.0, 60.0), sw=(85.0, 70.0))
