@@ -166,9 +166,11 @@ ROWS = [
 
 # Audio seconds per second of each stage on one core of an idle 2-core machine (STAGE_THREADS),
 # two stages side by side, for the time estimates printed with every stage; fine-tuning with the
-# front-end cache (--cache-frontend).
-SPEED = {"synth": 400.0, "pretrain": 21.0, "distill": 32.0, "distill-fbank": 72.0,
-         "finetune": 99.0, "finetune-teacher": 37.0}  # from the stage times of the run at a078a37
+# front-end cache (--cache-frontend). From the stage times of the run at a078a37; "distill" x1.7
+# for the frozen, cached CNN (S&W, D&T and D&T + disc took 269-408 s instead of 548-681 s on a
+# machine as slow as the afternoon of 3d41692's run).
+SPEED = {"synth": 400.0, "pretrain": 21.0, "distill": 54.0, "distill-fbank": 72.0,
+         "finetune": 99.0, "finetune-teacher": 37.0}
 PADDING = 0.85  # share of a padded batch that is real audio
 # --seed-spread: how much a row's WER moves with the fine-tuning seed alone (same distilled
 # student, same data), to read the claims' differences against: two cheap rows, low budget.
