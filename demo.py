@@ -19,7 +19,7 @@ is skipped and an interrupted one continues with --resume, so `make demo` after 
 up where it stopped. The toy teacher and students are shaped
 like HuBERT Base and the paper's students (see TEACHER and model.PRESETS "toy-*").
 
-    python demo.py --quick              # teacher, scratch and S&W at one budget in ~4.5 min (make demo QUICK=1)
+    python demo.py --quick              # teacher, scratch and S&W at one budget in 4.5-6 min (make demo QUICK=1)
     python demo.py                      # the README's table (make demo)
     python demo.py --hours 4 --steps 3  # a longer, better run (make demo HOURS=4 STEPS=3)
     python demo.py --readme             # put results/demo.md into README.md's Results section
@@ -85,19 +85,21 @@ class Sizing:
     budgets: tuple = ("low", "high")  # label budgets to fine-tune at
 
 
-# "full" takes ~37 min on 2 CPU cores at the rates in SPEED (60 on a slower afternoon), the
-# teacher being shipped: 4 distillations of 800 steps of 16 s (~3 epochs of the 1 h train set
+# "full" takes ~32 min on 2 CPU cores at the rates in SPEED (50 on a slow day of the dev machine),
+# the teacher being shipped: 4 distillations of 800 steps of 16 s (~3 epochs of the 1 h train set
 # each), all reading the teacher's states from one cache (distill.py --teacher-cache: 1.36x
-# faster for D&T). The D&T student starts from a random transformer: at lr 1e-3, 400 steps gave
+# faster for D&T), the CNN students with their CNN frozen and cached (1.8x faster for D&T). The D&T student starts from a random transformer: at lr 1e-3, 400 steps gave
 # it dev WER 74.9 at the low budget, 600 steps 74.0, 800 steps 71.8, 1200 steps 70.4; 800 steps
 # at 2e-3: 68.9 (see ROWS). The Fbank student's front-end steps (stage 1) come on top, so its
 # stage 2 is as long as the others' distillation (600 stage-1 steps instead of 200: front-end
 # L1 0.351 instead of 0.414, but student L1 0.301 instead of 0.286 after stage 2, and a frozen
 # front-end's test WER at 61 min 45.4 against the 200-step student's 43.9).
 # Then 12 CTC runs: 1800 steps at the larger budget (~7 epochs), 700 at the low one (6 min of
-# labels, ~30 epochs). The from-scratch row gets the distillation's steps on top. "quick" runs the
-# teacher, the from-scratch student and an S&W student at one budget in ~5 min, with 8 s batches
-# (twice the updates per second of 16 s ones).
+# labels, ~30 epochs); 8 s batches at the same steps cost half as much but lose ~5-10 WER points
+# (teacher test WER 31.8 instead of 21.9 at 61 min). The from-scratch row gets the distillation's
+# steps on top. "quick" runs the teacher, the from-scratch student and an S&W student at one
+# budget in 4.5-6 min, with 8 s batches (twice the updates per second of 16 s ones; with every
+# step x0.8 it took 5m08s instead of 5m50s and every WER rose by 2-4 points).
 SIZINGS = {
     "full": Sizing(hours=1.25, distill_steps=800, frontend_steps=200, finetune_steps=1800, low_finetune_steps=700,
                    freeze_steps=50, low_hours=0.1, batch_seconds=16.0, eval_every=400),
@@ -186,7 +188,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("size")
-    g.add_argument("--quick", action="store_true", help="three rows (teacher, scratch, S&W), one budget, in ~4.5 minutes")
+    g.add_argument("--quick", action="store_true", help="three rows (teacher, scratch, S&W), one budget, in 4.5-6 minutes")
     g.add_argument("--hours", type=float, help="corpus hours (default: 1.25, --quick 0.5)")
     g.add_argument("--steps", type=float, default=1.0, help="multiplier of every stage's steps")
     g = p.add_argument_group("io")
