@@ -82,9 +82,10 @@ def claims(rows, words, ceiling=95.0, margin=2.0):
         # and it helps there at all: hurting less at the low budget than at the high one is no help
         gain = lambda budget, i: wer(err("dt", budget), i) - wer(err("dt-disc", budget), i)
         ci = interval(lambda i: gain("high", i) - gain("low", i))
-        v, helps_low = verdict(ci), beats("dt-disc", "dt", "low")[0]
-        note = "" if v != "holds" or helps_low == "holds" else f"; but its gain at the low budget: {helps_low}"
-        out.append(("the discriminative loss helps most at the low budget", helps_low if note else v,
+        v, note, helps_low = verdict(ci), "", beats("dt-disc", "dt", "low")[0]
+        if v == "holds" and helps_low != "holds":
+            v, note = helps_low, f"; but its gain at the low budget: {helps_low}"
+        out.append(("the discriminative loss helps most at the low budget", v,
                     f"gain {gain('low', everything):+.1f} (low) vs {gain('high', everything):+.1f} (high) WER "
                     f"points, high minus low {ci[0]:+.1f} [{ci[1]:+.1f}, {ci[2]:+.1f}]{note}"))
     if not have("dt-fbank", "dt"):
