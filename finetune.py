@@ -61,9 +61,9 @@ def parse_args(argv=None):
                    help="padded audio per batch, seconds (fairseq: max_tokens 3.2M samples = 200 s)")
     g.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
     g.add_argument("--cache-frontend", action=argparse.BooleanOptionalAction, default=False,
-                   help="keep the frozen CNN's output of each training utterance in memory after its first use "
-                        "(small sets seen for many epochs; ~frames x CNN channels x 4 bytes, 1 h at 512 channels: "
-                        "~370 MB); see model.FrontendCache")
+                   help="keep the frozen CNN's output of each training and --valid utterance in memory after its "
+                        "first use (small sets seen for many epochs, dev WER every --eval-every steps; ~frames x CNN "
+                        "channels x 4 bytes, 1 h at 512 channels: ~370 MB); see model.FrontendCache")
     g = p.add_argument_group("model (fairseq base_10h values)")
     g.add_argument("--init", help="student.pt from distill.py, or any teacher source (fine-tune HuBERT itself)")
     g.add_argument("--final-dropout", type=float, default=0.0, help="dropout before the CTC head")
@@ -311,6 +311,8 @@ class Run(RunState):
     net: nn.Module                       # ctc, inside DistributedDataParallel when world > 1
     trainable: list                      # parameters the optimizer updates: all but a frozen front-end
     valid_utts: list                     # --valid utterances (may be empty)
+    train_cache: model.FrontendCache = None  # --cache-frontend: the CNN's output per train utterance
+    dev_cache: model.FrontendCache = None    # and per --valid utterance (ids may repeat across corpora)
     best: float = math.inf               # best dev WER so far, %
 
 
@@ -320,7 +322,7 @@ def train(args):
     run = build_run(args, device, rank, world)
     ctc, net, optimizer, scaler = run.ctc, run.net, run.optimizer, run.scaler
     logger = Logger(args.out_dir, args.max_steps, rank)
-    cache = model.FrontendCache(ctc.encoder) if args.cache_frontend else None
+    cache = run.train_cache
     last_log, interval = run.step, {}  # the logged loss: the mean over the steps since the last line (add_parts)
     stop_at = last_step(run)
     with GracefulStop() as stopper:
@@ -397,10 +399,12 @@ def build_run(args, device, rank, world):
     net = nn.parallel.DistributedDataParallel(ctc, device_ids=[device.index] if device.type == "cuda" else None,
                                               find_unused_parameters=True) if world > 1 else ctc
     optimizer = torch.optim.AdamW(trainable, lr=args.lr, betas=tuple(args.betas), eps=args.eps,
-                                  weight_decay=args.weight_decay)
+                                  weight_decay=args.weight_decay, fused=True)  # see distill.py
     scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
     run = Run(args=args, device=device, rank=rank, world=world, ckpt_path=ckpt_path, optimizer=optimizer,
               scaler=scaler, ctc=ctc, net=net, trainable=trainable, valid_utts=valid_utts)
+    if args.cache_frontend:
+        run.train_cache, run.dev_cache = model.FrontendCache(ctc.encoder), model.FrontendCache(ctc.encoder)
     if resume:
         optimizer.load_state_dict(resume["optimizer"])
         scaler.load_state_dict(resume["scaler"])
@@ -476,7 +480,8 @@ def validate(run):
     """Dev WER (every rank decodes a share), logged; a new best is saved as best.pt."""
     args = run.args
     try:
-        wer, _ = evaluate(run.ctc, run.valid_utts, run.device, args.batch_seconds, rank=run.rank, world=run.world)
+        wer, _ = evaluate(run.ctc, run.valid_utts, run.device, args.batch_seconds, rank=run.rank, world=run.world,
+                          frontend=run.dev_cache)
     except data.AudioError as e:  # raised on every rank alike
         stop_on_bad_audio(run, str(e) if run.rank == 0 else None)
     if run.rank == 0:

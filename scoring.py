@@ -66,10 +66,12 @@ def normalize_for_wer(text):
 
 
 @torch.no_grad()
-def evaluate(ctc, utterances, device, batch_seconds, decode=greedy_decode, desc=None, rank=0, world=1):
+def evaluate(ctc, utterances, device, batch_seconds, decode=greedy_decode, desc=None, rank=0, world=1,
+             frontend=None):
     """WER in percent (jiwer) and the (id, reference, hypothesis) rows, sorted by id; tqdm bar when
     desc is given. Under DDP each rank decodes every world-th utterance and all ranks get all rows
-    (and the same AudioError, if one rank meets a broken file)."""
+    (and the same AudioError, if one rank meets a broken file). frontend: a model.FrontendCache
+    whose stored front-end output stands in for the CNN's (finetune.py's dev WER with --cache-frontend)."""
     ctc.eval()
     shard = utterances[rank::world]
     loader, _ = data.make_loader(shard, batch_seconds, shuffle=False, seed=0)
@@ -77,7 +79,9 @@ def evaluate(ctc, utterances, device, batch_seconds, decode=greedy_decode, desc=
     with tqdm(total=len(shard), desc=desc, unit="utt", disable=desc is None or rank > 0) as bar:
         try:
             for batch in loader:
-                log_probs, frame_lengths = ctc(batch["waves"].to(device), batch["lengths"].to(device))
+                waves, lengths = batch["waves"].to(device), batch["lengths"].to(device)
+                features = frontend(batch["ids"], waves, lengths) if frontend else None
+                log_probs, frame_lengths = ctc(waves, lengths, features)
                 rows += zip(batch["ids"], batch["texts"], decode(log_probs, frame_lengths))
                 bar.update(len(batch["ids"]))
         except data.AudioError as e:

@@ -1502,6 +1502,18 @@ def test_distill_with_teacher_cache_makes_it_once_and_runs_read_it_alike(toy_cor
     assert [r["loss"] for r in first] == [r["loss"] for r in second] and len(first) == 3
 
 
+def test_distill_attention_dropout_flag_reaches_the_student(tone_corpus, teacher, tmp_path):
+    """--attention-dropout overrides the preset's 0.1 (the authors') in the student that trains and
+    in the config that student.pt keeps; without it the preset's value stays."""
+    for flags, expected in (((), 0.1), (("--attention-dropout", "0"), 0.0)):
+        out = tmp_path / f"p{expected}"
+        distill.main(distill_args(tone_corpus, teacher, out, "--max-steps", "1", *flags))
+        ckpt = checkpoints.load_checkpoint(out / "student.pt")
+        assert ckpt["config"]["attention_dropout"] == expected
+        student = model.encoder_from_checkpoint(ckpt, "student.pt")
+        assert [layer.attention.dropout for layer in student.encoder.transformer.layers] == [expected] * 2
+
+
 def test_distill_cache_frontend_freezes_the_cnn_and_gives_the_uncached_first_loss(tone_corpus, tmp_path,
                                                                                    monkeypatch):
     """--cache-frontend: the student's CNN stays the teacher's (no gradient, no update) while the rest
@@ -1814,15 +1826,26 @@ def test_frontend_cache_computes_each_utterance_once_and_equals_the_padded_batch
                                                                  ffn=32, pos_conv_kernel=8, pos_conv_groups=4)))
 
 
-def test_finetuning_with_the_frontend_cache_trains_the_same_model(tone_corpus, tmp_path):
+def test_finetuning_with_the_frontend_cache_trains_the_same_model(tone_corpus, tmp_path, monkeypatch):
+    """--cache-frontend: the same losses and dev WERs (a padding-invariant CNN), the dev set's
+    front-end output kept in a cache of its own, the training set's in another."""
     path = str(tmp_path / "ln_student.pt")
     checkpoints.save_checkpoint(checkpoints.encoder_checkpoint(tiny_student(extractor_mode="layer_norm"), "student",
                                                    preset="tiny"), path)
-    plain = run_finetune(tone_corpus, path, tmp_path / "plain", "--max-steps", "3", "--freeze-steps", "1")
+    plain = run_finetune(tone_corpus, path, tmp_path / "plain", "--max-steps", "3", "--freeze-steps", "1",
+                         "--eval-every", "2")
+    dev_caches = []
+    def evaluate(*args, frontend=None, **kwargs):
+        dev_caches.append(frontend)
+        return scoring.evaluate(*args, frontend=frontend, **kwargs)
+    monkeypatch.setattr(finetune, "evaluate", evaluate)
     cached = run_finetune(tone_corpus, path, tmp_path / "cached", "--max-steps", "3", "--freeze-steps", "1",
-                    "--cache-frontend")
-    read = lambda d: [r["ctc"] for r in map(json.loads, open(tmp_path / d / "log.jsonl")) if "ctc" in r]
-    assert read("cached") == pytest.approx(read("plain"), rel=1e-4)
+                          "--eval-every", "2", "--cache-frontend")
+    read = lambda d, key: [r[key] for r in map(json.loads, open(tmp_path / d / "log.jsonl")) if key in r]
+    assert read("cached", "ctc") == pytest.approx(read("plain", "ctc"), rel=1e-4)
+    assert len(read("cached", "dev_wer")) == 2 and read("cached", "dev_wer") == read("plain", "dev_wer")
+    dev_ids = {u.id for u in data.drop_short(data.load_corpus([tone_corpus[1]]), quiet=True)}
+    assert len(dev_caches) == 2 and dev_caches[0] is dev_caches[1] and set(dev_caches[0].store) == dev_ids
     # The trained models agree in what they compute (their weights agree up to float noise, which
     # Adam magnifies where gradients are ~0, e.g. attention key biases).
     batch = data.collate([data.AudioDataset(data.load_corpus([tone_corpus[1]]))[i] for i in range(3)])
@@ -2261,8 +2284,10 @@ def test_plan_scales_steps_and_gives_the_low_budget_to_low_runs_only():
             (full.distill_steps if from_scratch else 0)
         fbank = "/dt-fbank-" in st.out_dir  # a frozen CNN's output is cached, an Fbank front-end trains
         assert ("--cache-frontend" in st.argv, "--train-frontend" in st.argv) == (not fbank, fbank)
-        mask_prob = float(st.argv[st.argv.index("--mask-prob") + 1])  # masks regularise the small budget only
-        assert (mask_prob > 0) == low and mask_prob == demo.MASKING["low" if low else "high"]["mask_prob"]
+        budget = demo.REGULARISATION["low" if low else "high"]  # masks and FFN dropout regularise the small budget only
+        for flag, key in (("--mask-prob", "mask_prob"), ("--activation-dropout", "activation_dropout")):
+            value = float(st.argv[st.argv.index(flag) + 1])
+            assert (value > 0) == low and value == budget[key], (st.argv, flag)
     teacher_ctc = next(st for st in ctc if st.out_dir == "R/ctc/teacher-low")
     assert teacher_ctc.argv[teacher_ctc.argv.index("--init") + 1] == demo.SHIPPED_TEACHER
     scratch = next(st for st in stages if st.out_dir == "R/students/scratch")
