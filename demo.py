@@ -19,7 +19,7 @@ is skipped and an interrupted one continues with --resume, so `make demo` after 
 up where it stopped. The toy teacher and students are shaped
 like HuBERT Base and the paper's students (see TEACHER and model.PRESETS "toy-*").
 
-    python demo.py --quick              # teacher, scratch and S&W at one budget in 4.5-6 min (make demo QUICK=1)
+    python demo.py --quick              # teacher, scratch and S&W at one budget in ~4-5 min (make demo QUICK=1)
     python demo.py                      # the README's table (make demo)
     python demo.py --hours 4 --steps 3  # a longer, better run (make demo HOURS=4 STEPS=3)
     python demo.py --readme             # put results/demo.md into README.md's Results section
@@ -85,8 +85,8 @@ class Sizing:
     budgets: tuple = ("low", "high")  # label budgets to fine-tune at
 
 
-# "full" takes ~32 min on 2 CPU cores at the rates in SPEED (50 on a slow day of the dev machine),
-# the teacher being shipped: 4 distillations of 800 steps of 16 s (~3 epochs of the 1 h train set
+# "full" takes ~40 min on 2 CPU cores at the rates in SPEED (a slow day of the dev machine; ~30 on
+# a fast one), the teacher being shipped: 4 distillations of 800 steps of 16 s (~3 epochs of the 1 h train set
 # each), all reading the teacher's states from one cache (distill.py --teacher-cache: 1.36x
 # faster for D&T), the CNN students with their CNN frozen and cached (FRONTEND_IN_DISTILL). The
 # D&T student starts from a random transformer: with its CNN still trained, at lr 1e-3, 400 steps
@@ -99,13 +99,14 @@ class Sizing:
 # labels, ~30 epochs); 8 s batches at the same steps cost half as much but lose ~5-10 WER points
 # (teacher test WER 31.8 instead of 21.9 at 61 min). The from-scratch row gets the distillation's
 # steps on top. "quick" runs the teacher, the from-scratch student and an S&W student at one
-# budget in 4.5-6 min, with 8 s batches (twice the updates per second of 16 s ones; with every
-# step x0.8 it took 5m08s instead of 5m50s and every WER rose by 2-4 points).
+# budget in ~4-5 min, with 8 s batches (twice the updates per second of 16 s ones). Its steps are
+# the most that stay under 5 minutes on a slow day: 300 distillation and 1000 CTC steps took 5m26s
+# there (test WER: teacher 42.2, scratch 61.3, S&W 50.7).
 SIZINGS = {
     "full": Sizing(hours=1.25, distill_steps=800, frontend_steps=200, finetune_steps=1800, low_finetune_steps=700,
                    freeze_steps=50, low_hours=0.1, batch_seconds=16.0, eval_every=600),
-    "quick": Sizing(hours=0.5, distill_steps=300, frontend_steps=40, finetune_steps=1000, low_finetune_steps=1000,
-                    freeze_steps=25, low_hours=0.05, batch_seconds=8.0, eval_every=500,
+    "quick": Sizing(hours=0.5, distill_steps=250, frontend_steps=40, finetune_steps=850, low_finetune_steps=850,
+                    freeze_steps=25, low_hours=0.05, batch_seconds=8.0, eval_every=425,
                     rows=("teacher", "scratch", "sw"), budgets=("high",)),
 }
 
@@ -176,13 +177,12 @@ ROWS = [
     Row("dt-fbank", "D&T Fbank (two-stage), regression", "toy-fithubert-fbank", dict(lr=2e-3)),
 ]
 
-# Audio seconds per second of each stage on one core of an idle 2-core machine (STAGE_THREADS),
-# two stages side by side, for the time estimates printed with every stage; fine-tuning with the
-# front-end cache (--cache-frontend). From the stage times of the run at a078a37; "distill" x1.7
-# for the frozen, cached CNN (S&W, D&T and D&T + disc took 269-408 s instead of 548-681 s on a
-# machine as slow as the afternoon of 3d41692's run).
-SPEED = {"synth": 400.0, "pretrain": 21.0, "distill": 54.0, "distill-fbank": 72.0,
-         "finetune": 99.0, "finetune-teacher": 37.0}
+# Audio seconds per second of each stage on one core of a 2-core machine (STAGE_THREADS), two
+# stages side by side, for the time estimates printed with every stage; fine-tuning with the
+# front-end cache (--cache-frontend). From the stage times of the run at cabbcb0 (42 min), on a
+# slow day of the dev machine: on a fast one the same stages ran ~1.3x faster.
+SPEED = {"synth": 250.0, "pretrain": 21.0, "distill": 44.0, "distill-fbank": 62.0,
+         "finetune": 74.0, "finetune-teacher": 31.0}
 PADDING = 0.85  # share of a padded batch that is real audio
 # --seed-spread: how much a row's WER moves with the fine-tuning seed alone (same distilled
 # student, same data), to read the claims' differences against: two cheap rows, low budget.
@@ -198,7 +198,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("size")
-    g.add_argument("--quick", action="store_true", help="three rows (teacher, scratch, S&W), one budget, in 4.5-6 minutes")
+    g.add_argument("--quick", action="store_true", help="three rows (teacher, scratch, S&W), one budget, in ~4-5 minutes")
     g.add_argument("--hours", type=float, help="corpus hours (default: 1.25, --quick 0.5)")
     g.add_argument("--steps", type=float, default=1.0, help="multiplier of every stage's steps")
     g = p.add_argument_group("io")
