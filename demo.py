@@ -116,7 +116,7 @@ SIZINGS = {
 # WER 45.0 with 5e-4, 29.0 with 2e-3, 28.5 with 1e-3, mask_prob 0.1).
 # Attention dropout (0.1 in the authors' distiller) is off: PyTorch's fused CPU attention has none,
 # so with it every layer falls back to a path ~3x slower (fwd+bwd of one D&T layer's attention:
-# 20.6 vs 6.8 ms); the D&T student's distillation steps took ~220 instead of ~350 ms, its losses
+# 20.6 vs 6.8 ms); the D&T student's distillation steps took ~250 instead of ~350 ms, its losses
 # the same to 3 digits (0.5756 vs 0.5758 at step 800), test WER after 6 min of CTC 70.4 vs 69.1.
 DISTILL = dict(lr=1e-3, attention_dropout=0.0)
 # finetune.py's tri-stage LR defaults to base_10h's 8000 warm-up steps, longer than a whole toy
@@ -126,9 +126,10 @@ FINETUNE = dict(lr=1e-3, stages="0.1,0.4,0.5", layerdrop=0.0, clip=10.0)  # earl
 # (SpecAugment-like; D&T dev WER 74.9 with these masks, 77.3 with mask_prob 0.1 and no channel
 # masks); a few epochs of the whole train set do not, and there masks only slow learning (teacher,
 # 1400 steps: dev WER 37.5 with these masks, 28.5 with mask_prob 0.1, 26.2 with none). The same
-# for fairseq's dropout inside the FFN (activation_dropout 0.1, finetune.py's default): off at the
-# larger budget, the D&T student's test WER at 61 min was 35.5 instead of 37.5 (dev 37.9 / 37.0), and
-# a CTC step 7% (D&T) to 13% (teacher) cheaper: its random mask costs more on a CPU than its size says.
+# for fairseq's dropout inside the FFN (activation_dropout 0.1, finetune.py's default): off at
+# the larger budget, test WER at 61 min was 35.5 instead of 37.5 for the D&T student (dev 37.9 /
+# 37.0) and 22.4 instead of 21.9 for the teacher, and a CTC step 5-7% (D&T) to 13% (teacher)
+# cheaper: its random mask costs more on a CPU than its size says.
 REGULARISATION = {"low": dict(mask_prob=0.25, mask_channel_prob=0.1, mask_channel_length=8, activation_dropout=0.1),
                   "high": dict(mask_prob=0.0, mask_channel_prob=0.0, activation_dropout=0.0)}
 
