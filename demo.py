@@ -85,10 +85,10 @@ class Sizing:
     budgets: tuple = ("low", "high")  # label budgets to fine-tune at
 
 
-# "full" takes ~40 min on 2 CPU cores at the rates in SPEED (a slow day of the dev machine; ~30 on
-# a fast one), the teacher being shipped: 4 distillations of 800 steps of 16 s (~3 epochs of the 1 h train set
-# each), all reading the teacher's states from one cache (distill.py --teacher-cache: 1.36x
-# faster for D&T), the CNN students with their CNN frozen and cached (FRONTEND_IN_DISTILL). The
+# "full" takes ~40 min on 2 CPU cores at the rates in SPEED (a slow day of the dev machine; ~30
+# on a fast one), the teacher being shipped: 4 distillations of 800 steps of 16 s (~3 epochs of
+# the 1 h train set each), all reading the teacher's states from one cache (distill.py
+# --teacher-cache: 1.36x faster for D&T), the CNN students with their CNN frozen and cached (FRONTEND_IN_DISTILL). The
 # D&T student starts from a random transformer: with its CNN still trained, at lr 1e-3, 400 steps
 # gave it dev WER 74.9 at the low budget, 600 steps 74.0, 800 steps 71.8, 1200 steps 70.4; 800
 # steps at 2e-3: 68.9 (see ROWS). The Fbank student's front-end steps (stage 1) come on top, so its

@@ -176,15 +176,15 @@ class Encoder(nn.Module):
 
 
 class FrontendCache:
-    """A frozen CNN front-end's output for each training utterance, computed once, on first use
-    (finetune.py and distill.py --cache-frontend).
+    """A frozen CNN front-end's output for each utterance it is given (training, and finetune.py's
+    dev set), computed once, on first use (finetune.py and distill.py --cache-frontend).
 
     Fine-tuning never trains the CNN (fairseq's recipe) and sees a small labelled set for many
     epochs; distillation with a frozen CNN (the authors' feature_grad_mult 0) sees the same audio
     every epoch: running the CNN each step repeats the same work (the toy D&T student spends ~24%
     of a fine-tuning step in its CNN, and ~44% of a distillation step, where the CNN trains, in its
-    forward and backward: 705 vs 393 ms a step trained vs cached). Each utterance is computed alone, without padding: with HuBERT Base's
-    GroupNorm CNN its features differ a little from those in a padded batch (see the README's
+    forward and backward: 705 vs 393 ms a step). Each utterance is computed alone, unpadded: HuBERT
+    Base's GroupNorm CNN gives features a little different from a padded batch's (see the README's
     "Padding and GroupNorm"), the same for every epoch. Only CNN front-ends: the Fbank
     front-end's dropout and SpecAugment differ every step."""
 
