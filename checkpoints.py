@@ -76,7 +76,6 @@ def encoder_checkpoint(encoder, kind: str, **extra):
 # loads into Encoder unchanged. fairseq: keys renamed as in torchaudio's import_fairseq._map_key,
 # architecture read from the file's cfg (hydra era) or args (legacy). Hugging Face: the modules
 # already carry torchaudio's names (see torchaudio's import_huggingface); only prefixes move.
-# Nothing here imports fairseq, omegaconf or transformers, and no pickle gets to run code.
 
 TEACHER_DROPOUTS = dict(dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, layerdrop=0.0)
 POS_CONV = "encoder.transformer.pos_conv_embed.conv."  # torchaudio's weight-normed positional conv
@@ -332,7 +331,7 @@ HF_PREFIXES = [("encoder.feature_extractor.", "hubert.feature_extractor."),
 
 # <s>, </s>, <unk>: in fairseq's letter dictionary (so the CTC head has outputs for them) but in
 # no transcript, so those outputs never train and an under-trained model may rank them first.
-# finetune.greedy_decode takes its argmax without them; the export gives them zero weights and
+# scoring.greedy_decode takes its argmax without them; the export gives them zero weights and
 # this bias, so that transformers' argmax (and its tokenizer, which would print them) never picks
 # them either, while the logits of the blank and the characters stay ours.
 NEVER_EMITTED = [data.VOCAB.index(token) for token in ("<s>", "</s>", "<unk>")]

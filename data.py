@@ -7,12 +7,12 @@
 Audio is 16 kHz mono float32 (HuBERT's input). Text uses the character vocabulary of
 facebook/hubert-large-ls960-ft (fairseq's letter dictionary, "|" between words, "<pad>" as the
 CTC blank). Batching follows fairseq: sort by length, cut batches of a fixed *padded* size.
-The toy corpus is English synthesized offline by eSpeak NG voices, in LibriSpeech layout:
+The toy corpus is English synthesized offline by eSpeak NG voices (espeak_ng.py), in LibriSpeech
+layout:
 
     python data.py synth --out data/toy --hours 2
 """
 import argparse
-import ctypes
 import json
 import math
 import os
@@ -30,6 +30,8 @@ import soundfile as sf
 import torch
 import torchaudio
 from torch.utils.data import DataLoader, Dataset, Sampler
+
+from espeak_ng import Espeak
 
 # ----------------------------------------------------------------------------------------------
 # Constants
@@ -86,6 +88,11 @@ class Utterance:
     text_source: str = None  # "FILE:LINE" the transcript came from, for error messages
 
 
+def first_few(names, n=3):
+    """"a, b, c, ..." for an error message: the first n names, "..." when there are more."""
+    return ", ".join(names[:n]) + (", ..." if len(names) > n else "")
+
+
 def read_librispeech(root):
     """Every .flac/.wav under root (recursive, sorted by path), texts from the *.trans.txt files.
 
@@ -109,8 +116,8 @@ def read_librispeech(root):
         num_samples = math.ceil(info.frames * SAMPLE_RATE / info.samplerate)
         utterances.append(Utterance(path.stem, str(path), num_samples, *texts.get(path.stem, (None, None))))
     if unreadable:  # stop before any work rather than fail in the middle of training
-        raise ValueError(f"{len(unreadable)} unreadable audio file(s): {', '.join(unreadable[:3])}"
-                         f"{', ...' if len(unreadable) > 3 else ''}; delete or re-encode them (FLAC or WAV)")
+        raise ValueError(f"{len(unreadable)} unreadable audio file(s): {first_few(unreadable)}; "
+                         "delete or re-encode them (FLAC or WAV)")
     return utterances
 
 
@@ -139,8 +146,8 @@ def read_manifest(tsv):
             break
     missing = [str(root / rel) for rel, *_ in rows if not (root / rel).is_file()]  # headers: too slow here
     if missing:
-        raise ValueError(f"{tsv}: {len(missing)} listed audio file(s) missing: {', '.join(missing[:3])}"
-                         f"{', ...' if len(missing) > 3 else ''}; fix the root on its first line or the paths")
+        raise ValueError(f"{tsv}: {len(missing)} listed audio file(s) missing: {first_few(missing)}; "
+                         "fix the root on its first line or the paths")
     return [Utterance(Path(rel).stem, str(root / rel), int(n), text, source)
             for (rel, n, *_), text, source in zip(rows, texts, sources)]
 
@@ -175,7 +182,7 @@ def drop_short(utterances, quiet=False):
         raise ValueError(f"every utterance is shorter than {MIN_SAMPLES} samples (25 ms); nothing to use")
     if short and not quiet:
         print(f"warning: leaving out {len(short)} of {len(utterances)} utterances shorter than 25 ms "
-              f"(no CNN/fbank frame): {', '.join(short[:5])}{', ...' if len(short) > 5 else ''}",
+              f"(no CNN/fbank frame): {first_few(short, 5)}",
               file=sys.stderr, flush=True)
     return kept
 
@@ -301,7 +308,9 @@ SYNTH_VERSION = 1  # bump when the synthesis changes, so old corpora are not tak
 SPLIT_SHARES = {"train": 0.8, "dev": 0.1, "test": 0.1}  # of --hours
 MIN_UTTERANCES = 5  # per split, so that a tiny --hours still gives a usable dev and test set
 MIN_SECONDS, MAX_SECONDS = 2.2, 5.6  # planned utterance duration; real ones fall in ~2-6 s
-CHARS_PER_WORD = 6.6  # characters (with space) per "word" of eSpeak's words per minute (measured)
+# characters (with space) per "word" of eSpeak's words-per-minute rate, measured on its output
+# (results/NOTES.md, eSpeak speaking rate)
+CHARS_PER_WORD = 6.6
 PEAK = 0.5  # peak amplitude after normalisation, -6 dBFS
 PROGRESS_EVERY = 250  # utterances between progress lines
 
@@ -373,82 +382,8 @@ def make_speakers(split, seed):
              rng.randint(*RATE_RANGE)) for k, voice in enumerate(voices)]
 
 
-class Espeak:
-    """eSpeak NG through ctypes, synthesizing into memory (speak_lib.h is the reference)."""
-    AUDIO_OUTPUT_SYNCHRONOUS = 2  # espeak_AUDIO_OUTPUT: return only when synthesis is done
-    RATE, PITCH, RANGE = 1, 3, 4  # espeak_PARAMETER
-    POS_CHARACTER, CHARS_AUTO = 1, 0  # espeak_POSITION_TYPE, text encoding flags
-    _instance = None  # eSpeak holds global state: initialise once per process (Espeak.get())
-
-    @classmethod
-    def get(cls):
-        cls._instance = cls._instance or cls()
-        return cls._instance
-
-    def __init__(self):
-        try:
-            import espeakng_loader
-        except ImportError:
-            raise ImportError("the toy corpus needs: pip install espeakng-loader") from None
-        c = ctypes
-        lib = c.CDLL(espeakng_loader.get_library_path())
-        self.data_path = espeakng_loader.get_data_path()
-        callback_type = c.CFUNCTYPE(c.c_int, c.POINTER(c.c_short), c.c_int, c.c_void_p)
-        lib.espeak_Initialize.argtypes = [c.c_int, c.c_int, c.c_char_p, c.c_int]
-        lib.espeak_SetSynthCallback.argtypes = [callback_type]
-        lib.espeak_SetVoiceByName.argtypes = [c.c_char_p]
-        lib.espeak_SetParameter.argtypes = [c.c_int, c.c_int, c.c_int]
-        lib.espeak_Synth.argtypes = [c.c_void_p, c.c_size_t, c.c_uint, c.c_int, c.c_uint,
-                                     c.c_uint, c.c_void_p, c.c_void_p]
-        lib.espeak_ng_SetRandSeed.argtypes = [c.c_long]
-        lib.espeak_Info.argtypes, lib.espeak_Info.restype = [c.c_void_p], c.c_char_p
-        self.sample_rate = lib.espeak_Initialize(
-            self.AUDIO_OUTPUT_SYNCHRONOUS, 0, self.data_path.encode(), 0)  # Hz, 22050
-        if self.sample_rate <= 0:
-            raise RuntimeError(f"espeak_Initialize failed with data at {self.data_path}")
-        # Kernel computed once; functional.resample recomputes it on every call (5x slower).
-        self.resample = torchaudio.transforms.Resample(self.sample_rate, SAMPLE_RATE)
-        self.chunks = []
-        self.callback = callback_type(self._collect)  # keep a reference: C holds the pointer
-        lib.espeak_SetSynthCallback(self.callback)
-        self.lib = lib
-
-    def version(self):
-        """eSpeak NG's version string, e.g. "1.52.0" (the corpus depends on it)."""
-        return self.lib.espeak_Info(None).decode()
-
-    def _collect(self, wav, num_samples, events):
-        if num_samples > 0:
-            self.chunks.append(np.ctypeslib.as_array(wav, shape=(num_samples,)).copy())
-        return 0  # 0 = continue synthesis
-
-    def set_voice(self, voice, pitch, intonation, rate):
-        variant = voice.partition("+")[2]
-        # eSpeak ignores unknown variants silently, so check the file exists.
-        if variant and not os.path.exists(os.path.join(self.data_path, "voices", "!v", variant)):
-            raise ValueError(f"eSpeak NG has no voice variant {variant!r}")
-        if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
-            raise ValueError(f"eSpeak NG has no voice {voice!r}")
-        for parameter, value in [(self.PITCH, pitch), (self.RANGE, intonation), (self.RATE, rate)]:
-            self.lib.espeak_SetParameter(parameter, value, 0)
-
-    def synth(self, text, noise_seed):
-        """Text -> float32 [S] at 16 kHz, peak-normalised to PEAK."""
-        self.chunks = []
-        # Breathy voices (f2, f3, f5) add noise, seeded from the clock unless we seed it.
-        self.lib.espeak_ng_SetRandSeed(noise_seed)
-        data = text.lower().encode()  # lower case: eSpeak spells some all-caps words ("US")
-        if self.lib.espeak_Synth(data, len(data) + 1, 0, self.POS_CHARACTER, 0, self.CHARS_AUTO,
-                                 None, None) != 0:
-            raise RuntimeError(f"espeak_Synth failed on {text!r}")
-        self.lib.espeak_Synchronize()
-        wave = torch.from_numpy(np.concatenate(self.chunks).astype(np.float32) / 32768)
-        wave = self.resample(wave)
-        return wave * (PEAK / wave.abs().max().clamp(min=1e-6))
-
-
 def planned_seconds(text, rate):
-    """Duration eSpeak will take to say text at rate (words per minute), within ~0.2 s."""
+    """Seconds eSpeak takes to say text at rate (words per minute), estimated from its length."""
     return len(text) * 60 / (rate * CHARS_PER_WORD)
 
 
@@ -460,6 +395,9 @@ def synth_split(out, split, seconds, seed):
     ms with what was synthesized before, and the transcripts must not depend on that.
     """
     espeak, rng = Espeak.get(), random.Random(f"{seed}/{split}/sentences")
+    # Kernel computed once: functional.resample recomputes it on every call
+    # (results/NOTES.md, Toy corpus synthesis speed).
+    resample = torchaudio.transforms.Resample(espeak.sample_rate, SAMPLE_RATE)
     speakers = make_speakers(split, seed)
     transcripts = {}  # chapter folder -> lines of its trans.txt
     planned, total, count, start = 0.0, 0.0, 0, time.time()
@@ -469,7 +407,8 @@ def synth_split(out, split, seconds, seed):
         while not MIN_SECONDS <= planned_seconds(text, rate) <= MAX_SECONDS:
             text = make_sentence(rng)
         espeak.set_voice(voice, pitch, intonation, rate)
-        wave = espeak.synth(text, noise_seed=rng.randrange(2**31))
+        wave = resample(torch.from_numpy(espeak.synth(text, noise_seed=rng.randrange(2**31))))
+        wave = wave * (PEAK / wave.abs().max().clamp(min=1e-6))
         chapter = spk + "0"
         folder = out / split / spk / chapter
         folder.mkdir(parents=True, exist_ok=True)
@@ -507,7 +446,8 @@ def synth_corpus(out, hours, seed):
     if partial.exists():  # our own leftover from an interrupted run
         shutil.rmtree(partial)
     start, threads = time.time(), torch.get_num_threads()
-    torch.set_num_threads(1)  # tensors are tiny: with more threads resampling gets 10x slower
+    # Tiny tensors: more threads slow resampling down (results/NOTES.md, Toy corpus synthesis speed).
+    torch.set_num_threads(1)
     try:
         summary = dict(wanted, splits={})
         for split, share in SPLIT_SHARES.items():
@@ -519,8 +459,7 @@ def synth_corpus(out, hours, seed):
         out.rmdir()  # empty, checked above
     os.replace(partial, out)
     for split, s in summary["splits"].items():
-        print(f"{split:5s}: {s['utterances']:5d} utterances, {s['hours']:.3f} h, "
-              f"{s['speakers']} speakers")
+        print(f"{split:5s}: {s['utterances']:5d} utterances, {s['hours']:.3f} h, {s['speakers']} speakers")
     audio = 3600 * sum(s["hours"] for s in summary["splits"].values())
     print(f"wrote {out} in {time.time() - start:.1f} s "
           f"({audio / (time.time() - start):.0f} s of audio per s)")
@@ -531,13 +470,16 @@ def synth_corpus(out, hours, seed):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+    example = "example: " + __doc__.strip().split("\n")[-1].strip()  # the docstring's last line
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=example,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    synth = commands.add_parser("synth", help="synthesize the toy corpus with eSpeak NG",
+    about = "synthesize the toy corpus with eSpeak NG, in LibriSpeech layout"
+    synth = commands.add_parser("synth", help=about, description=about, epilog=example,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     io = synth.add_argument_group("io")
-    io.add_argument("--out", required=True, help="output folder (missing or empty)")
+    io.add_argument("--out", required=True, help="output folder (missing or empty); the drivers take "
+                    "its train, dev and test subfolders")
     corpus = synth.add_argument_group("corpus")
     corpus.add_argument("--hours", type=float, default=2.0,
                         help="total hours of speech, split 80/10/10 into train/dev/test")
