@@ -15,10 +15,10 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 test: $(VENV)/.installed
 	OMP_NUM_THREADS=2 $(PY) -m pytest -q test_all.py
 
-# make demo: the README's results table from the shipped teacher (42 min on a slow day of
-# the 2-core dev machine, ~30 on a fast one; see README);
+# make demo: the README's results table from the shipped teacher (~40 min on 2 CPU cores;
+# results/NOTES.md, Demo run time);
 # QUICK=1: the teacher, a student from scratch and an S&W student at one label budget
-# (~4-5 min, see README);
+# (~4-5 min; results/NOTES.md, Quick run sizing);
 # HOURS=h (corpus hours) and STEPS=x (multiplier of every stage's steps) for a longer, better run;
 # RUNS=dir for the stages' outputs (default runs/NAME).
 # An interrupted `make demo` continues where it stopped.

@@ -10,44 +10,39 @@ here, so what `make demo` prints is what running them by hand prints:
                      the discriminative loss added, D&T with the Fbank front-end (two stages), and
                      with --max-steps 0 the from-scratch student (see ROWS)
   4. finetune.py     CTC on a low label budget and on all of train, for the teacher and every student
-  5. here            test WER (finetune.evaluate), CPU inference time side by side in this process,
-                     the paper's claims by paired bootstrap intervals, results/NAME.json, .md, .png
+  5. here            test WER (scoring.evaluate), CPU inference time side by side in this process,
+                     the paper's claims by paired bootstrap intervals (demo_parts/results.py),
+                     results/NAME.json, .md, .png
 
-stages.py runs them two at a time on 2 cores (--jobs), each as soon as what it needs exists; every
-stage's output goes to RUNS/logs/ and, tagged, to the console. A stage whose final file exists
-is skipped and an interrupted one continues with --resume, so `make demo` after a Ctrl-C picks
-up where it stopped. The toy teacher and students are shaped
-like HuBERT Base and the paper's students (see TEACHER and model.PRESETS "toy-*").
+demo_parts/stages.py runs them two at a time on 2 cores (--jobs), each as soon as what it needs
+exists; every stage's output goes to RUNS/logs/ and, tagged, to the console. A stage whose final
+file exists is skipped and an interrupted one continues with --resume, so `make demo` after a
+Ctrl-C picks up where it stopped. The toy teacher and students are shaped like HuBERT Base and
+the paper's students (see TEACHER and model.PRESETS "toy-*").
 
     python demo.py --quick              # teacher, scratch and S&W at one budget in ~4-5 min (make demo QUICK=1)
-    python demo.py                      # the README's table (make demo)
+    python demo.py                      # the README's table in ~40 min on 2 cores (make demo)
     python demo.py --hours 4 --steps 3  # a longer, better run (make demo HOURS=4 STEPS=3)
     python demo.py --readme             # put results/demo.md into README.md's Results section
 """
-import argparse
 import datetime
 import hashlib
 import json
 import os
-import platform
 import shlex
-import statistics
 import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
 
-import jiwer
 import torch
 
 import checkpoints
 import data
-import finetune
 import model
-from results import README, claims, markdown, plot, replace_section, word_errors
-from runtime import format_duration
-from scoring import evaluate, normalize_for_wer
-from stages import Stage, check_settings, command, run_stages, wall_seconds
+from demo_parts.results import README, claims, machine, markdown, measure, plot, readme_section, replace_section
+from demo_parts.stages import Stage, check_settings, command, run_stages, wall_seconds
+from runtime import format_duration, make_parser
 
 # ----------------------------------------------------------------------------------------------
 # Sizes
@@ -85,23 +80,16 @@ class Sizing:
     budgets: tuple = ("low", "high")  # label budgets to fine-tune at
 
 
-# "full" takes ~40 min on 2 CPU cores at the rates in SPEED (a slow day of the dev machine; ~30
-# on a fast one), the teacher being shipped: 4 distillations of 800 steps of 16 s (~3 epochs of
-# the 1 h train set each), all reading the teacher's states from one cache (distill.py
-# --teacher-cache: 1.36x faster for D&T), the CNN students with their CNN frozen and cached (FRONTEND_IN_DISTILL). The
-# D&T student starts from a random transformer: with its CNN still trained, at lr 1e-3, 400 steps
-# gave it dev WER 74.9 at the low budget, 600 steps 74.0, 800 steps 71.8, 1200 steps 70.4; 800
-# steps at 2e-3: 68.9 (see ROWS). The Fbank student's front-end steps (stage 1) come on top, so its
-# stage 2 is as long as the others' distillation (600 stage-1 steps instead of 200: front-end
-# L1 0.351 instead of 0.414, but student L1 0.301 instead of 0.286 after stage 2, and a frozen
-# front-end's test WER at 61 min 45.4 against the 200-step student's 43.9).
+# "full" runs in ~40 min on 2 CPU cores, the teacher being shipped
+# (results/NOTES.md, Demo run time): 4 distillations of 800 steps of 16 s (~3 epochs of the 1 h
+# train set each), all reading the teacher's states from one cache (distill.py --teacher-cache),
+# the CNN students with their CNN frozen and cached (FRONTEND_IN_DISTILL); the Fbank student's
+# front-end steps (stage 1) come on top, so its stage 2 is as long as the others' distillation.
 # Then 12 CTC runs: 1800 steps at the larger budget (~7 epochs), 700 at the low one (6 min of
-# labels, ~30 epochs); 8 s batches at the same steps cost half as much but lose ~5-10 WER points
-# (teacher test WER 31.8 instead of 21.9 at 61 min). The from-scratch row gets the distillation's
-# steps on top. "quick" runs the teacher, the from-scratch student and an S&W student at one
-# budget in ~4-5 min, with 8 s batches (twice the updates per second of 16 s ones). Its steps are
-# the most that stay under 5 minutes on a slow day: 300 distillation and 1000 CTC steps took 5m26s
-# there (test WER: teacher 42.2, scratch 61.3, S&W 50.7).
+# labels, ~30 epochs); the from-scratch row gets the distillation's steps on top. Steps and batch
+# size buy the most WER the run time allows (results/NOTES.md, Demo sizing). "quick" runs the
+# teacher, the from-scratch student and an S&W student at one budget with 8 s batches, its steps
+# the most that stay under 5 minutes (results/NOTES.md, Quick run sizing).
 SIZINGS = {
     "full": Sizing(hours=1.25, distill_steps=800, frontend_steps=200, finetune_steps=1800, low_finetune_steps=700,
                    freeze_steps=50, low_hours=0.1, batch_seconds=16.0, eval_every=600),
@@ -112,36 +100,28 @@ SIZINGS = {
 
 # Toy-scale training flags. The CLIs' defaults are the paper's and fairseq's for 25k steps on
 # LibriSpeech; a few hundred steps on ~1 h want a larger learning rate and lighter masking
-# (CTC lr 5e-4 and 2e-3 both did worse than 1e-3 at 300 steps, and at 1400 on the teacher: dev
-# WER 45.0 with 5e-4, 29.0 with 2e-3, 28.5 with 1e-3, mask_prob 0.1).
-# Attention dropout (0.1 in the authors' distiller) is off: PyTorch's fused CPU attention has none,
-# so with it every layer falls back to a path ~3x slower (fwd+bwd of one D&T layer's attention:
-# 20.6 vs 6.8 ms); the D&T student's distillation steps took ~250 instead of ~350 ms, its losses
-# the same to 3 digits (0.5756 vs 0.5758 at step 800), test WER after 6 min of CTC 70.4 vs 69.1.
+# (results/NOTES.md, Toy learning rates). Attention dropout (0.1 in the authors' distiller) is
+# off: PyTorch's fused CPU attention has none, so with it every layer falls back to a slower path
+# for the same losses (results/NOTES.md, Attention dropout on CPU).
 DISTILL = dict(lr=1e-3, attention_dropout=0.0)
 # finetune.py's tri-stage LR defaults to base_10h's 8000 warm-up steps, longer than a whole toy
 # run: the demo gives the stages as shares of its --max-steps instead (10% warm-up, 40% hold).
-FINETUNE = dict(lr=1e-3, stages="0.1,0.4,0.5", layerdrop=0.0, clip=10.0)  # early CTC gradients reach norms of 500-1700: clipped
-# Regularisers depend on the label budget. ~30 epochs of 6 min of labels overfit without masking
-# (SpecAugment-like; D&T dev WER 74.9 with these masks, 77.3 with mask_prob 0.1 and no channel
-# masks); a few epochs of the whole train set do not, and there masks only slow learning (teacher,
-# 1400 steps: dev WER 37.5 with these masks, 28.5 with mask_prob 0.1, 26.2 with none). The same
-# for fairseq's dropout inside the FFN (activation_dropout 0.1, finetune.py's default): off at
-# the larger budget, test WER at 61 min was 35.5 instead of 37.5 for the D&T student (dev 37.9 /
-# 37.0) and 22.4 instead of 21.9 for the teacher, and a CTC step 5-7% (D&T) to 13% (teacher)
-# cheaper: its random mask costs more on a CPU than its size says.
+# Early CTC gradients are large: clipped (results/NOTES.md, CTC gradient clipping).
+FINETUNE = dict(lr=1e-3, stages="0.1,0.4,0.5", layerdrop=0.0, clip=10.0)
+# Regularisers depend on the label budget: ~30 epochs of 6 min of labels overfit without masking
+# (SpecAugment-like) and FFN dropout (fairseq's activation_dropout 0.1); a few epochs of the whole
+# train set do not, and there both only slow learning
+# (results/NOTES.md, Regularisation by label budget).
 REGULARISATION = {"low": dict(mask_prob=0.25, mask_channel_prob=0.1, mask_channel_length=8, activation_dropout=0.1),
                   "high": dict(mask_prob=0.0, mask_channel_prob=0.0, activation_dropout=0.0)}
 
 # The front-end in distillation and CTC. The CNN students start from the teacher's CNN, pre-trained
 # for 3000 steps: it stays frozen in both (the authors' distillation trains it, its gradient scaled
 # by feature_grad_mult 0.1; fairseq's fine-tuning freezes it), so its output is computed once per
-# utterance (--cache-frontend in both CLIs). In distillation that makes the D&T student's steps
-# 1.8x faster (~393 vs ~705 ms side by side; final loss 0.5758 vs 0.5783 trained; after 6 min of
-# CTC, test WER 68.9 vs 70.7 by finetune.py --eval). The Fbank front-end was distilled
-# for only a few hundred steps and keeps learning with the encoder (finetune.py --train-frontend).
-# The same distilled Fbank student, 1800 steps with 61 min of labels, frozen / trained: dev WER
-# 50.4 / 42.2, test WER 43.9 / 39.9.
+# utterance (--cache-frontend in both CLIs): cheaper steps, the same loss
+# (results/NOTES.md, Frozen, cached CNN front-end). The Fbank front-end is distilled for only a few
+# hundred steps and keeps learning with the encoder (finetune.py --train-frontend;
+# results/NOTES.md, Fbank front-end in CTC).
 FRONTEND_IN_DISTILL = {"cnn": dict(cache_frontend=True), "fbank": {}}
 FRONTEND_IN_CTC = {"cnn": dict(cache_frontend=True), "fbank": dict(train_frontend=True)}
 
@@ -168,23 +148,22 @@ ROWS = [
     Row("teacher", "teacher fine-tuned (upper bound)"),
     Row("scratch", "student from scratch (no distillation)", "toy-fithubert", dict(max_steps=0)),
     Row("sw", "S&W student, regression", "toy-distilhubert"),
-    # The D&T students start from a random transformer and learn faster at twice the LR (800 steps,
-    # then 6 min of CTC: dev WER 68.9 with lr 2e-3, 71.8 with 1e-3); S&W starts from teacher layers.
+    # The D&T students start from a random transformer and learn faster at twice the LR
+    # (results/NOTES.md, Toy learning rates); S&W starts from teacher layers.
     Row("dt", "D&T student, regression", "toy-fithubert", dict(lr=2e-3)),
     # The paper's weight range is 0.2-0.8; tau is distill.py's default (0.1, HuBERT's own). The
     # student's distribution is cosine to the teacher's codewords / tau, the teacher's own formula
-    # (600 steps, then 6 min of CTC: dev WER 75.0; a linear head: 76.8 divided by tau, 76.9 not).
+    # (results/NOTES.md, Discriminative head).
     Row("dt-disc", "D&T + discriminative loss", "toy-fithubert", dict(disc_weight=0.5, disc_head="cos", lr=2e-3)),
     Row("dt-fbank", "D&T Fbank (two-stage), regression", "toy-fithubert-fbank", dict(lr=2e-3)),
 ]
 
 # Audio seconds per second of each stage on one core of a 2-core machine (STAGE_THREADS), two
 # stages side by side, for the time estimates printed with every stage; fine-tuning with the
-# front-end cache (--cache-frontend). From the stage times of the run at cabbcb0 (42 min), on a
-# slow day of the dev machine: on a fast one the same stages ran ~1.3x faster.
+# front-end cache (--cache-frontend); from a full run's stage times (results/NOTES.md, Demo run time).
 SPEED = {"synth": 250.0, "pretrain": 21.0, "distill": 44.0, "distill-fbank": 62.0,
          "finetune": 74.0, "finetune-teacher": 31.0}
-PADDING = 0.85  # share of a padded batch that is real audio
+REAL_AUDIO_SHARE = 0.85  # share of a padded batch that is real audio
 # --seed-spread: how much a row's WER moves with the fine-tuning seed alone (same distilled
 # student, same data), to read the claims' differences against: two cheap rows, low budget.
 SPREAD_ROWS, SPREAD_SEEDS = ("sw", "dt"), (1, 2)
@@ -196,14 +175,14 @@ MEASURE_THREADS = 2  # torch threads for the test WER and the CPU-time compariso
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = make_parser(__doc__)
     g = p.add_argument_group("size")
     g.add_argument("--quick", action="store_true", help="three rows (teacher, scratch, S&W), one budget, in ~4-5 minutes")
-    g.add_argument("--hours", type=float, help="corpus hours (default: 1.25, --quick 0.5)")
+    g.add_argument("--hours", type=float, help=f"corpus hours; None: {SIZINGS['full'].hours:g}, "
+                                               f"{SIZINGS['quick'].hours:g} with --quick")
     g.add_argument("--steps", type=float, default=1.0, help="multiplier of every stage's steps")
     g = p.add_argument_group("io")
-    g.add_argument("--runs", help="folder of the stages' outputs (default: runs/NAME)")
+    g.add_argument("--runs", help="folder of the stages' outputs; None: runs/NAME (NAME: demo, demo-quick, ...)")
     g.add_argument("--results", default="results", help="folder for NAME.json, NAME.md, NAME.png")
     g.add_argument("--readme", action="store_true",
                    help="only copy RESULTS/NAME.md (e.g. results/demo.md) between the README's results markers")
@@ -262,7 +241,7 @@ def plan(runs, s: Sizing, teacher=SHIPPED_TEACHER, spread=False):
     many CTC steps as a distilled student gets distillation + CTC steps, so that its row isolates
     what distillation adds, not what more updates add."""
     corpus = f"{runs}/corpus"
-    audio = lambda steps: steps * s.batch_seconds * PADDING  # seconds of audio trained on
+    audio = lambda steps: steps * s.batch_seconds * REAL_AUDIO_SHARE  # seconds of audio trained on
     stages = [Stage("toy corpus", "corpus", command("data.py", "synth", out=corpus, hours=s.hours, seed=0),
                     f"{corpus}/synth.json", seconds=3600 * s.hours / SPEED["synth"])]
     for row in rows_of(s)[1:]:
@@ -322,7 +301,7 @@ def teacher_plan(runs):
             Stage("toy HuBERT teacher", "pretrain",
                   command("pretrain.py", data=f"{corpus}/train", out_dir=out, **TEACHER, **TEACHER_TRAINING,
                           log_every=50, save_every=100, device="cpu"),
-                  f"{out}/teacher.pt", out, 60 + steps * batch * PADDING / SPEED["pretrain"],
+                  f"{out}/teacher.pt", out, 60 + steps * batch * REAL_AUDIO_SHARE / SPEED["pretrain"],
                   needs=(f"{corpus}/synth.json",))]
 
 
@@ -416,68 +395,6 @@ def make_teacher(args):
 
 
 # ----------------------------------------------------------------------------------------------
-# Results
-
-
-def machine():
-    """CPU model and count, e.g. "AMD EPYC 7B13, 2 CPUs"."""
-    name = platform.processor() or platform.machine()
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        name = names[0] if names else name
-    return f"{name}, {os.cpu_count()} CPUs"
-
-
-def time_models(models, waves, lengths, runs):
-    """Median CPU forward time (ms) of each model on one batch, round robin so that load changes
-    on the machine hit every model alike."""
-    times = {name: [] for name in models}
-    with torch.inference_mode():
-        for m in models.values():
-            m(waves, lengths)  # warm-up
-        for _ in range(runs):
-            for name, m in models.items():
-                t0 = time.perf_counter()
-                m(waves, lengths)
-                times[name].append(1000 * (time.perf_counter() - t0))
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
-def measure(runs, s: Sizing, timing_runs):
-    """Parameters, CPU time and test WER of every row; the test set is never seen before this."""
-    test = data.drop_short(data.load_corpus([f"{runs}/corpus/test"]))
-    train = data.drop_short(data.load_corpus([f"{runs}/corpus/train"]), quiet=True)  # as finetune.py
-    labelled = {"low": lambda: finetune.train_subset(train, s.low_hours), "high": lambda: train}
-    hours = {b: sum(u.num_samples for u in labelled[b]()) / data.SAMPLE_RATE / 3600 for b in s.budgets}
-    rows, models, words = [], {}, None
-    for row in rows_of(s):
-        wer, cer, errors = {}, {}, {}
-        for budget in s.budgets:
-            ctc = finetune.load_ctc(f"{runs}/ctc/{row.name}-{budget}/best.pt")
-            wer[budget], pairs = evaluate(ctc, test, torch.device("cpu"), s.batch_seconds,
-                                          desc=f"test WER {row.name} ({budget})")
-            refs, hyps = ([normalize_for_wer(p[i]) for p in pairs] for i in (1, 2))
-            cer[budget] = 100.0 * jiwer.cer(refs, hyps)
-            words, errors[budget] = word_errors(refs, hyps)
-        models[row.name] = ctc.eval()
-        rows.append({"name": row.name, "label": row.label, "preset": row.preset,
-                     "params_M": model.count_parameters(ctc.encoder) / 1e6, "wer": wer, "cer": cer,
-                     "errors": errors, "examples": [list(p) for p in pairs[:3]]})
-    for r in rows:  # --seed-spread runs, when there are any: test WER per CTC seed
-        runs_of = [f"{runs}/ctc/{r['name']}-low-seed{seed}/best.pt" for seed in SPREAD_SEEDS]
-        if "low" in s.budgets and all(os.path.exists(p) for p in runs_of):
-            r["seed_wers"] = [r["wer"]["low"]] + [
-                evaluate(finetune.load_ctc(p), test, torch.device("cpu"), s.batch_seconds)[0] for p in runs_of]
-    batch = data.collate([data.AudioDataset(test)[i] for i in range(min(8, len(test)))])
-    ms = time_models(models, batch["waves"], batch["lengths"], timing_runs)
-    for r in rows:
-        r["cpu_ms"], r["time_ratio"] = ms[r["name"]], ms[r["name"]] / ms["teacher"]
-    batch_audio = batch["lengths"].sum().item() / data.SAMPLE_RATE
-    return rows, hours, batch_audio, words
-
-
-# ----------------------------------------------------------------------------------------------
 # Main
 
 
@@ -485,7 +402,7 @@ def main(args):
     name = run_name(args)
     if args.readme:
         with open(os.path.join(args.results, f"{name}.md")) as f, open(README) as g:
-            text = replace_section(g.read(), f.read())
+            text = replace_section(g.read(), readme_section(f.read(), name))
         with open(README, "w") as f:
             f.write(text)
         print(f"README.md: Results section now holds {args.results}/{name}.md")
@@ -508,7 +425,7 @@ def main(args):
     print(f"\n[results] test WER and CPU time | elapsed {format_duration(time.time() - start)}", flush=True)
     t0 = time.time()
     torch.set_num_threads(MEASURE_THREADS)
-    rows, hours, batch_audio, words = measure(runs, s, args.timing_runs)
+    rows, hours, batch_audio, words = measure(runs, rows_of(s), s, args.timing_runs, SPREAD_SEEDS)
     t = TEACHER
     result = {
         "command": shlex.join(["python", "demo.py", *sys.argv[1:]]),

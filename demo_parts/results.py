@@ -1,18 +1,96 @@
-"""The demo's results: the paper's claims decided on the test set with paired bootstrap
-intervals, the markdown table (README's Results section) and the plot.
+"""The results of demo.py: test WER, CER and CPU time of every model, the paper's claims decided
+on the test set with paired bootstrap intervals, the markdown table (README's Results section)
+and the plot.
 
 A claim compares the WERs of two rows on the same test utterances; resampling the utterances
 (with replacement, the same draw for both rows) gives the interval of the difference, and the
 claim holds when the interval lies wholly on its side of 0 (Koehn 2004; Bisani & Ney 2004).
 
-    verdicts = claims(rows, words)   # rows as demo.measure returns them
+    rows, hours, batch_audio, words = measure("runs/demo", demo.ROWS, demo.SIZINGS["full"], 5, (1, 2))
+    verdicts = claims(rows, words)
 """
 import os
+import platform
+import statistics
+import time
 
 import jiwer
 import numpy as np
+import torch
 
+import data
+import finetune
+import model
 from runtime import format_duration
+from scoring import evaluate, normalize_for_wer
+
+
+# ----------------------------------------------------------------------------------------------
+# Measurements: test WER and CER, CPU time
+
+
+def machine():
+    """CPU model and count, e.g. "AMD EPYC 7B13, 2 CPUs"."""
+    name = platform.processor() or platform.machine()
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        name = names[0] if names else name
+    return f"{name}, {os.cpu_count()} CPUs"
+
+
+def time_models(models, waves, lengths, runs):
+    """Median CPU forward time (ms) of each model on one batch, round robin so that load changes
+    on the machine hit every model alike."""
+    times = {name: [] for name in models}
+    with torch.inference_mode():
+        for m in models.values():
+            m(waves, lengths)  # warm-up
+        for _ in range(runs):
+            for name, m in models.items():
+                t0 = time.perf_counter()
+                m(waves, lengths)
+                times[name].append(1000 * (time.perf_counter() - t0))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def measure(runs, rows_to_run, s, timing_runs, spread_seeds):
+    """Parameters, CPU time and test WER of every row (demo.Row) at every label budget of the
+    sizing s (demo.Sizing); the test set is never seen before this. Rows fine-tuned again with
+    the CTC seeds spread_seeds (--seed-spread) also get the test WER of each seed."""
+    test = data.drop_short(data.load_corpus([f"{runs}/corpus/test"]))
+    train = data.drop_short(data.load_corpus([f"{runs}/corpus/train"]), quiet=True)  # as finetune.py
+    labelled = {"low": lambda: finetune.train_subset(train, s.low_hours), "high": lambda: train}
+    hours = {b: sum(u.num_samples for u in labelled[b]()) / data.SAMPLE_RATE / 3600 for b in s.budgets}
+    rows, models, words = [], {}, None
+    for row in rows_to_run:
+        wer, cer, errors = {}, {}, {}
+        for budget in s.budgets:
+            ctc = finetune.load_ctc(f"{runs}/ctc/{row.name}-{budget}/best.pt")
+            wer[budget], pairs = evaluate(ctc, test, torch.device("cpu"), s.batch_seconds,
+                                          desc=f"test WER {row.name} ({budget})")
+            refs, hyps = ([normalize_for_wer(p[i]) for p in pairs] for i in (1, 2))
+            cer[budget] = 100.0 * jiwer.cer(refs, hyps)
+            words, errors[budget] = word_errors(refs, hyps)
+        models[row.name] = ctc.eval()
+        rows.append({"name": row.name, "label": row.label, "preset": row.preset,
+                     "params_M": model.count_parameters(ctc.encoder) / 1e6, "wer": wer, "cer": cer,
+                     "errors": errors, "examples": [list(p) for p in pairs[:3]]})
+    for r in rows:  # --seed-spread runs, when there are any: test WER per CTC seed
+        runs_of = [f"{runs}/ctc/{r['name']}-low-seed{seed}/best.pt" for seed in spread_seeds]
+        if "low" in s.budgets and all(os.path.exists(p) for p in runs_of):
+            r["seed_wers"] = [r["wer"]["low"]] + [
+                evaluate(finetune.load_ctc(p), test, torch.device("cpu"), s.batch_seconds)[0] for p in runs_of]
+    batch = data.collate([data.AudioDataset(test)[i] for i in range(min(8, len(test)))])
+    ms = time_models(models, batch["waves"], batch["lengths"], timing_runs)
+    for r in rows:
+        r["cpu_ms"], r["time_ratio"] = ms[r["name"]], ms[r["name"]] / ms["teacher"]
+    batch_audio = batch["lengths"].sum().item() / data.SAMPLE_RATE
+    return rows, hours, batch_audio, words
+
+
+# ----------------------------------------------------------------------------------------------
+# Claims, table, plot
 
 
 def word_errors(refs, hyps):
@@ -33,12 +111,28 @@ def bootstrap_ci(diff_fn, n, resamples=1000, seed=0, level=0.95):
     return draws[int(tail * resamples)], draws[int((1 - tail) * resamples) - 1]
 
 
+def verdict(point_low_high, below=0.0):
+    """"holds" when the interval (point, low, high) lies wholly below `below`, "does not hold" when
+    wholly above, "undecided" when it spans `below`."""
+    _, lo, hi = point_low_high
+    return "holds" if hi < below else "does not hold" if lo > below else "undecided"
+
+
+def fbank_size_and_speed(r):
+    """The Fbank front-end's claims that the table decides alone: its parameter cut and speed-up vs D&T."""
+    cut = 1 - r["dt-fbank"]["params_M"] / r["dt"]["params_M"]
+    speed = r["dt"]["cpu_ms"] / r["dt-fbank"]["cpu_ms"]
+    return [("Fbank front-end: ~17% fewer parameters", "holds" if 0.1 <= cut <= 0.25 else "does not hold",
+             f"{100 * cut:.0f}% fewer than D&T"),
+            ("Fbank front-end: ~2x faster inference", "holds" if speed >= 1.6 else "does not hold",
+             f"{speed:.2f}x faster than D&T on CPU")]
+
+
 def claims(rows, words, ceiling=95.0, margin=2.0):
     """The paper's qualitative claims, decided on the test set: [(claim, verdict, evidence)].
-    Each compares WERs of two rows on the same utterances; the verdict reads the 95% paired
-    bootstrap interval of the difference: "holds" when it lies wholly on the claimed side of 0,
-    "does not hold" when wholly on the other, "undecided" when it spans 0. Two WERs both at or
-    above `ceiling` carry no signal (models still at the all-blank output)."""
+    Each compares WERs of two rows on the same utterances by the 95% paired bootstrap interval of
+    the difference (verdict). Two WERs both at or above `ceiling` carry no signal (models still at
+    the all-blank output)."""
     r = {x["name"]: x for x in rows}
     words = np.asarray(words)
     err = lambda name, budget: np.asarray(r[name]["errors"][budget])
@@ -47,10 +141,6 @@ def claims(rows, words, ceiling=95.0, margin=2.0):
 
     def interval(diff):  # diff(index) -> WER points; (point estimate, low, high)
         return (diff(everything), *bootstrap_ci(diff, len(words)))
-
-    def verdict(point_low_high, below=0.0):
-        _, lo, hi = point_low_high
-        return "holds" if hi < below else "does not hold" if lo > below else "undecided"
 
     def difference(a, b, budget, below=0.0):  # is WER(a) - WER(b) < below? (verdict, interval)
         ea, eb = err(a, budget), err(b, budget)
@@ -90,12 +180,7 @@ def claims(rows, words, ceiling=95.0, margin=2.0):
                     f"points, high minus low {ci[0]:+.1f} [{ci[1]:+.1f}, {ci[2]:+.1f}]{note}"))
     if not have("dt-fbank", "dt"):
         return out
-    cut = 1 - r["dt-fbank"]["params_M"] / r["dt"]["params_M"]
-    speed = r["dt"]["cpu_ms"] / r["dt-fbank"]["cpu_ms"]
-    out.append(("Fbank front-end: ~17% fewer parameters", "holds" if 0.1 <= cut <= 0.25 else "does not hold",
-                f"{100 * cut:.0f}% fewer than D&T"))
-    out.append(("Fbank front-end: ~2x faster inference", "holds" if speed >= 1.6 else "does not hold",
-                f"{speed:.2f}x faster than D&T on CPU"))
+    out += fbank_size_and_speed(r)
     for budget in budgets:
         v, ci = difference("dt-fbank", "dt", budget, below=margin)
         out.append((f"Fbank front-end: marginal WER cost, under {margin:g} points ({budget} budget)", v,
@@ -168,7 +253,13 @@ def plot(result, path):
 
 
 MARKERS = ("<!-- results:start -->", "<!-- results:end -->")
-README = os.path.join(os.path.dirname(os.path.abspath(__file__)), "README.md")
+README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+
+
+def readme_section(md, name):
+    """The README's part of results/NAME.md: all but the sample transcripts, which stay in that file."""
+    table = md.split("\nFirst test utterances")[0].rstrip("\n")
+    return f"{table}\n\nSample transcripts of every row: `results/{name}.md`.\n"
 
 
 def replace_section(text, body):

@@ -21,7 +21,9 @@ from dataclasses import dataclass
 
 from runtime import format_duration
 
-STAGE_THREADS = 1  # torch threads of every stage, alone or side by side: results never depend on the pairing
+# Torch threads of every stage, alone or side by side: results never depend on the pairing, and
+# small models use one core better than two (results/NOTES.md, Stage threads).
+STAGE_THREADS = 1
 
 
 @dataclass
@@ -132,9 +134,7 @@ def run_stages(stages, runs, start, jobs=1):
     """Run the stages not done yet, up to `jobs` at a time, each as soon as the files it needs
     exist; the seconds each took accumulate in RUNS/stage_seconds.json. Every stage runs on
     STAGE_THREADS threads whatever runs beside it, so that its numbers never depend on how the
-    stages happened to be paired (float sums change with the thread count); small models use one
-    core better than two: two 1-thread fine-tuning runs side by side finish 1.4x sooner than one
-    after the other."""
+    stages happened to be paired (float sums change with the thread count)."""
     times_path = os.path.join(runs, "stage_seconds.json")
     times = {}
     if os.path.exists(times_path):

@@ -7,12 +7,13 @@ autocast, on random audio. FLOPs are counted once per setup by torch.utils.flop_
 FlopCounterMode (matmuls, convolutions, attention; elementwise ops count 0), and MFU = FLOPs per
 step / seconds per step / the machine's fp32 matmul peak, measured in the same run with a large
 torch.matmul. A torch.profiler pass names the ops that take the time.
-`python bench.py fbank` times inference instead: whole encoders (HuBERT Base, fithubert,
-fithubert-fbank) on the CPU, the paper's Fbank speed claim (Sec. 3.3).
+`python -m tools.bench fbank` times inference instead: whole encoders (HuBERT Base, fithubert,
+fithubert-fbank) on the CPU, the paper's Fbank speed claim (Sec. 3.3). Run it from the
+repository root, as a module: it imports the project's files.
 
-    python bench.py                                    # CPU: about two minutes
-    python bench.py --device cuda --batch 16 --seconds 10
-    python bench.py fbank                              # CPU inference time: fithubert vs fithubert-fbank
+    python -m tools.bench                                    # CPU: about two minutes
+    python -m tools.bench --device cuda --batch 16 --seconds 10
+    python -m tools.bench fbank                              # CPU inference time: fithubert vs fithubert-fbank
 """
 import argparse
 import json
@@ -118,7 +119,7 @@ def distill_defaults():
 
 
 # ----------------------------------------------------------------------------------------------
-# Fbank vs CNN inference (`python bench.py fbank`): whole encoders with random weights
+# Fbank vs CNN inference (`python -m tools.bench fbank`): whole encoders with random weights
 
 
 def fbank_bench(args):
@@ -168,8 +169,8 @@ def fbank_bench(args):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = runtime.make_parser(__doc__)
+    p.prog = "python -m tools.bench"  # not bench.py: it runs as a module
     g = p.add_argument_group("workload")
     g.add_argument("--setups", nargs="+", default=list(SETUPS), choices=list(SETUPS), help="teacher -> student pairs")
     g.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"],
@@ -187,8 +188,9 @@ def parse_args(argv=None):
 
 
 def parse_fbank_args(argv=None):
-    p = argparse.ArgumentParser(prog="bench.py fbank", description="CPU inference time: fithubert vs fithubert-fbank "
-                                "vs the teacher", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = runtime.make_parser(__doc__)  # the same examples
+    p.prog = "python -m tools.bench fbank"
+    p.description = "CPU inference time: fithubert vs fithubert-fbank vs the teacher"
     p.add_argument("--batch", type=int, default=4, help="utterances per batch")
     p.add_argument("--seconds", type=float, default=8.0, help="length of each utterance, seconds")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
