@@ -3,51 +3,50 @@
 The loop is written out in main(): teacher forward (no grad), student forward, regression loss
 on the predicted teacher layers (L1 + cosine, DistilHuBERT), optional discriminative loss (KL to
 the teacher's distribution over HuBERT's codewords, the paper's Sec. 3.2), backward, clip, step,
-log. Defaults are the authors' (AdamW 2e-4, 7% warmup, betas 0.9/0.98, eps 1e-6, weight decay
-1e-6, clip 5); --tau 0.1 is HuBERT's (theirs is in an unreleased config; each run prints how far
+log. The student's distillation heads (DistillHeads) live here, beside the Distiller that joins
+them to the student: they exist only for this loop and are dropped before fine-tuning.
+Defaults are the authors' (AdamW 2e-4, 7% warmup, betas 0.9/0.98, eps 1e-6, weight decay 1e-6,
+clip 5) except --tau 0.1, HuBERT's own (theirs is in an unreleased config; each run prints how far
 the teacher's codeword distribution is from uniform). Fbank students first train only their
-front-end for --frontend-steps (Sec. 3.3), optionally with --specaugment.
---teacher-cache computes the teacher's hidden states once per utterance and reads them back every
-step (TeacherCache: toy D&T and S&W distillation 1.36x and 1.44x faster, the same losses up to
-fp16 rounding). --cache-frontend keeps a CNN student's front-end (the teacher's CNN) frozen and
-computes its output once per utterance (model.FrontendCache); by default it trains with the rest
-(the authors' configs scale its gradient by feature_grad_mult 0.1).
-Runs unchanged under `torchrun --nproc_per_node=N distill.py ...` (DistributedDataParallel).
+front-end for --frontend-steps (Sec. 3.3), optionally with --specaugment. Frozen work can be done
+once (caches.py): --teacher-cache keeps the teacher's hidden states in a file, --cache-frontend
+keeps a CNN student's front-end (the teacher's CNN) frozen and its output in memory.
+Runs unchanged under `torchrun --nproc_per_node=N distill.py ...` (DistributedDataParallel);
 Ctrl-C (or SIGTERM) stops at the next step with a checkpoint; --resume continues bit-exactly.
-Throughput of this step (audio-s/s, FLOPs utilisation): bench.py.
 
     python distill.py --teacher runs/teacher/teacher.pt --student tiny --data corpus/train \\
         --out-dir runs/tiny --max-steps 20 --disc-weight 0.5
+    torchrun --nproc_per_node=8 distill.py --teacher hubert_base_ls960.pt --student fithubert \\
+        --data LibriSpeech/train-clean-100 --out-dir runs/fithubert --precision bf16
 """
 import argparse
-import contextlib
-import hashlib
 import math
 import os
-import sys
-import time
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+import caches
 import checkpoints
 import data
 import fbank_frontend
 import losses
 import model
-from runtime import (GracefulStop, Logger, RunState, add_parts, all_finite, any_rank, autocast, batch_stream,
-                     check_ranks_agree, check_same_start, finish, gather_rng, last_step, leave_process_group, lr_at,
-                     mean_parts, next_batch, no_sync_unless, reached_max_steps, resume_hint, set_rng_state, setup,
-                     start_run, stop_if_asked)
+import runtime
+from runtime import (GracefulStop, Logger, RunState, add_parts, autocast, last_step, lr_at, mean_parts,
+                     no_sync_unless, read_batch, reached_max_steps, save, set_lr, setup, start_run, stop_if_asked,
+                     stop_unless_finite)
+
+HEAD_TYPES = ("cos", "linear", "hard")  # student discriminative heads, see DistillHeads
+HEAD_STYLES = ("last", "layerwise")     # regression heads, model.Preset.style, see DistillHeads
 
 # ----------------------------------------------------------------------------------------------
 # Arguments
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = runtime.make_parser(__doc__)
     g = p.add_argument_group("data")
     g.add_argument("--data", nargs="+", required=True,
                    help="LibriSpeech-layout folders and/or fairseq .tsv manifests (transcripts not needed)")
@@ -59,48 +58,11 @@ def parse_args(argv=None):
                    help="fairseq .pt, Hugging Face folder, torchaudio:HUBERT_BASE, or a checkpoint of this project")
     g.add_argument("--teacher-cache",
                    help="file of the teacher's hidden states for every training utterance (all layers, fp16: "
-                        "frames x (L+1) x D x 2 bytes, ~0.75 GB per hour of audio for the toy teacher, ~3.6 GB "
-                        "for HuBERT Base): made by the first run that names it, read instead of a teacher "
-                        "forward per step by runs with the same teacher and data (the demo's students share one)")
-    g = p.add_argument_group("student")
-    g.add_argument("--student", default="fithubert", choices=list(model.PRESETS), help="student preset")
-    g.add_argument("--layers", type=int, help="override the preset's transformer layers")
-    g.add_argument("--dim", type=int, help="override the preset's width")
-    g.add_argument("--ffn", type=int, help="override the preset's FFN inner width")
-    g.add_argument("--heads", type=int, help="override the preset's attention heads")
-    g.add_argument("--attention-dropout", type=float,
-                   help="override the preset's dropout on attention weights (0.1, the authors' distiller). "
-                        "PyTorch's fused CPU attention has no dropout: with it, attention falls back to a "
-                        "~3x slower path (the toy D&T student's CPU step: see demo.py DISTILL)")
-    g.add_argument("--specaugment", action=argparse.BooleanOptionalAction, default=False,
-                   help="Fbank students only: SpecAugment on the fbank features in training (the authors' "
-                        "2 frequency masks <= 30 bins, 2 time masks <= 40 frames of 10 ms); stored in the "
-                        "student's config, so fine-tuning keeps it unless finetune.py --no-specaugment")
-    g.add_argument("--cache-frontend", action=argparse.BooleanOptionalAction, default=False,
-                   help="CNN students only: keep the front-end (the CNN copied from the teacher) frozen, the "
-                        "authors' feature_grad_mult 0, and compute its output once per training utterance, "
-                        "kept in memory (~frames x CNN channels x 4 bytes, 1 h at 512 channels: ~370 MB); "
-                        "see model.FrontendCache. Default: the CNN trains with the transformer")
-    g.add_argument("--target-layers", type=str, default=None,
-                   help="teacher layers to predict, e.g. 4,8,12 (default: 3 evenly spaced for S&W "
-                        "presets, proportional layer-to-layer for D&T)")
-    g = p.add_argument_group("loss")
-    g.add_argument("--l1-weight", type=float, default=1.0, help="weight of the L1 regression term")
-    g.add_argument("--cos-weight", type=float, default=1.0, help="weight of the -log sigmoid(cos) term")
-    g.add_argument("--disc-weight", type=float, default=0.0,
-                   help="weight of the discriminative KL loss (0 = off; the paper tries 0.2-0.8)")
-    g.add_argument("--tau", type=float, default=0.1,
-                   help="temperature of the codeword distributions softmax(cos / tau), unitless. HuBERT's own "
-                        "logit temperature is 0.1 (the authors read theirs from an unreleased config); at 1 a "
-                        "softmax over cosines in [-1, 1] across hundreds of codewords is almost uniform (toy "
-                        "teacher: entropy 4.600 vs 4.605 nats, max 1.5%%): the KL targets say almost "
-                        "nothing. Each run prints the teacher's entropy on its first batch")
-    g.add_argument("--disc-head", default="linear", choices=["cos", "linear", "hard"],
-                   help="student discriminative head: cosine to the teacher's codewords, linear logits, "
-                        "or cross-entropy on the teacher's argmax unit")
-    g.add_argument("--frontend-steps", type=int, default=0,
-                   help="Fbank students only: first steps that train only the front-end (L1 to teacher "
-                        "layer 0, the paper's stage 1); 0 = no stage 1")
+                        "frames x (L+1) x D x 2 bytes, ~3.6 GB per hour of audio for HuBERT Base): made by the "
+                        "first run that names it, read instead of a teacher forward per step by runs with the "
+                        "same teacher and data (caches.TeacherCache)")
+    add_student_args(p.add_argument_group("student"))
+    add_loss_args(p.add_argument_group("loss"))
     g = p.add_argument_group("optim")
     g.add_argument("--max-steps", type=int, default=25_000, help="optimizer steps (authors: 25k)")
     g.add_argument("--lr", type=float, default=2e-4, help="peak learning rate")
@@ -113,19 +75,150 @@ def parse_args(argv=None):
     g.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
                    help="student autocast precision; the teacher stays fp32 under fp16 (s3prl #378)")
     g = p.add_argument_group("io")
-    g.add_argument("--out-dir", required=True, help="folder for checkpoint.pt, student.pt, log.jsonl, args.json")
-    g.add_argument("--resume", action=argparse.BooleanOptionalAction, default=False,
-                   help="continue exactly from OUT/checkpoint.pt")
-    g.add_argument("--log-every", type=int, default=10, help="steps between progress lines")
+    runtime.add_io_args(g, "checkpoint.pt, student.pt, log.jsonl, args.json")
     g.add_argument("--save-every", type=int, default=500, help="steps between checkpoints")
-    g.add_argument("--stop-after", type=int, help="end this run after N more steps, with a checkpoint to "
-                   "--resume from (time-boxed jobs); the LR schedule still spans --max-steps")
-    g.add_argument("--seed", type=int, default=0, help="random seed (rank r uses seed + r)")
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     args = p.parse_args(argv)
     if args.target_layers:
         args.target_layers = [int(x) for x in args.target_layers.split(",")]
     return args
+
+
+def add_student_args(g):
+    g.add_argument("--student", default="fithubert", choices=list(model.PRESETS), help="student preset")
+    g.add_argument("--layers", type=int, help="override the preset's transformer layers")
+    g.add_argument("--dim", type=int, help="override the preset's width")
+    g.add_argument("--ffn", type=int, help="override the preset's FFN inner width")
+    g.add_argument("--heads", type=int, help="override the preset's attention heads")
+    g.add_argument("--attention-dropout", type=float,
+                   help="override the preset's dropout on attention weights (0.1, the authors' distiller); "
+                        "PyTorch's fused CPU attention has no dropout, so 0 is much faster on a CPU")
+    g.add_argument("--specaugment", action=argparse.BooleanOptionalAction, default=False,
+                   help="Fbank students only: SpecAugment on the fbank features in training (the authors' "
+                        "2 frequency masks <= 30 bins, 2 time masks <= 40 frames of 10 ms); stored in the "
+                        "student's config, so fine-tuning keeps it unless finetune.py --no-specaugment")
+    g.add_argument("--cache-frontend", action=argparse.BooleanOptionalAction, default=False,
+                   help="CNN students only: keep the front-end (the CNN copied from the teacher) frozen, the "
+                        "authors' feature_grad_mult 0, and compute its output once per training utterance, "
+                        "kept in memory (~frames x CNN channels x 4 bytes, 1 h at 512 channels: ~370 MB; "
+                        "caches.FrontendCache). Off: the CNN trains with the transformer")
+    g.add_argument("--target-layers", type=str, default=None,
+                   help="teacher layers to predict, e.g. 4,8,12 (default: 3 evenly spaced for S&W "
+                        "presets, proportional layer-to-layer for D&T)")
+
+
+def add_loss_args(g):
+    g.add_argument("--l1-weight", type=float, default=1.0, help="weight of the L1 regression term")
+    g.add_argument("--cos-weight", type=float, default=1.0, help="weight of the -log sigmoid(cos) term")
+    g.add_argument("--disc-weight", type=float, default=0.0,
+                   help="weight of the discriminative KL loss (0 = off; the paper tries 0.2-0.8)")
+    g.add_argument("--tau", type=float, default=0.1,
+                   help="temperature of the codeword distributions softmax(cos / tau), unitless; HuBERT's own "
+                        "logit temperature (the authors read theirs from an unreleased config). At 1 a softmax "
+                        "over cosines across hundreds of codewords is almost uniform and the KL targets say "
+                        "almost nothing: each run prints the teacher's entropy on its first batch")
+    g.add_argument("--disc-head", default="linear", choices=list(HEAD_TYPES),
+                   help="student discriminative head: cosine to the teacher's codewords, linear logits, "
+                        "or cross-entropy on the teacher's argmax unit")
+    g.add_argument("--frontend-steps", type=int, default=0,
+                   help="Fbank students only: first steps that train only the front-end (L1 to teacher "
+                        "layer 0, the paper's stage 1); 0 = no stage 1")
+
+
+# ----------------------------------------------------------------------------------------------
+# The student's distillation heads
+
+
+class DistillHeads(nn.Module):
+    """Prediction heads that exist only for distillation (dropped before fine-tuning).
+
+    pairs: [(student_layer, teacher_layer)] indexing hidden_states (0 = transformer input,
+    k = output of layer k). DistilHuBERT: [(2, 4), (2, 8), (2, 12)]; FitHuBERT: [(i, i) for i
+    in 1..12]. style (model.Preset.style) picks the regression heads, as s3prl's distiller
+    `out_layer_type` does:
+      "last":      DistilHuBERT's "expand-last": all pairs read one (the last) student layer;
+                   Linear(D -> N*D), GELU, then one Linear(D -> teacher_dim) per target layer
+                   (s3prl's SplitLinear: chunk k of the N*D vector predicts pairs[k]; same
+                   U(+-1/sqrt(D)) init as nn.Linear);
+      "layerwise": FitHuBERT's: one Linear(D -> teacher_dim) per pair, on its student layer
+                   (the default, so a heads_config saved before `style` existed rebuilds as saved).
+
+    disc_head, applied to the student's last hidden state:
+      "cos":    Linear(D -> F), cosine to the teacher's FROZEN codewords [K, F] (a buffer) / tau:
+                cosine_logits, the function of HuBERT's own head (model.PredictionHead.logits);
+      "hard":   the same cosine logits, trained with cross-entropy to the teacher's argmax unit
+                (hard_unit_loss): the authors' type3;
+      "linear": Linear(D -> K) / tau (the authors' type2). Dividing by tau keeps one rule for
+                all heads; for a free linear layer tau only rescales its effective learning rate;
+      None:     regression only.
+    codewords: the teacher's codeword embeddings [K, F] (needed for "cos" and "hard"; for
+    "linear" only K is taken). To rebuild from `config()` without the teacher, pass
+    num_codewords and codeword_dim instead and load the state_dict (it holds the codewords).
+    """
+
+    def __init__(self, student_dim, teacher_dim, pairs, disc_head=None, codewords=None, tau=1.0,
+                 num_codewords=None, codeword_dim=None, style="layerwise"):
+        super().__init__()
+        if disc_head is not None and disc_head not in HEAD_TYPES:
+            raise ValueError(f"unknown discriminative head {disc_head!r}; choose one of {HEAD_TYPES} or None")
+        if style not in HEAD_STYLES:
+            raise ValueError(f"unknown head style {style!r}; choose one of {HEAD_STYLES}")
+        if tau <= 0:
+            raise ValueError(f"tau must be positive, got {tau}")
+        self.student_dim, self.teacher_dim, self.style = student_dim, teacher_dim, style
+        self.pairs = [(int(s), int(t)) for s, t in pairs]
+        self.disc_head, self.tau = disc_head, float(tau)
+        self.expand = None
+        if style == "last" and self.pairs:
+            if len({s for s, _ in self.pairs}) > 1:
+                raise ValueError(f"style 'last' predicts every target from one student layer; got pairs {self.pairs}")
+            self.expand = nn.Linear(student_dim, len(self.pairs) * student_dim)
+        self.proj = nn.ModuleList(nn.Linear(student_dim, teacher_dim) for _ in self.pairs)
+        if codewords is not None:
+            num_codewords, codeword_dim = codewords.shape
+        self.num_codewords, self.codeword_dim = num_codewords, codeword_dim
+        self.disc = None
+        if disc_head is not None and num_codewords is None:
+            raise ValueError(f"disc_head {disc_head!r} needs the teacher's codewords (its head)")
+        if disc_head in ("cos", "hard"):
+            if codeword_dim is None:
+                raise ValueError(f"disc_head {disc_head!r} needs codewords [K, F] or codeword_dim")
+            self.disc = nn.Linear(student_dim, codeword_dim)
+            cw = codewords.detach().clone().float() if codewords is not None \
+                else torch.zeros(num_codewords, codeword_dim)
+            self.register_buffer("codewords", cw)  # frozen: a buffer, saved, never trained
+        elif disc_head == "linear":
+            self.disc = nn.Linear(student_dim, num_codewords)
+
+    def config(self):
+        """Plain dict: DistillHeads(**config) + load_state_dict rebuilds this module."""
+        return {"student_dim": self.student_dim, "teacher_dim": self.teacher_dim,
+                "pairs": [list(p) for p in self.pairs], "disc_head": self.disc_head, "tau": self.tau,
+                "num_codewords": self.num_codewords, "codeword_dim": self.codeword_dim, "style": self.style}
+
+    @property
+    def teacher_layers(self):
+        """Teacher hidden_states indices that the regression targets, in pred-stack order."""
+        return [t for _, t in self.pairs]
+
+    def regress(self, student_hidden):
+        """student_hidden: list of [B, T, D] -> pred [N, B, T, teacher_dim]."""
+        if self.expand is not None:  # "last": expand, GELU, split into N chunks of D
+            x = nn.functional.gelu(self.expand(student_hidden[self.pairs[0][0]]))  # (B, T, N*D)
+            x = x.unflatten(-1, (len(self.pairs), self.student_dim))  # (B, T, N, D)
+            return torch.stack([proj(x[..., k, :]) for k, proj in enumerate(self.proj)])
+        return torch.stack([proj(student_hidden[s]) for proj, (s, _) in zip(self.proj, self.pairs)])
+
+    def disc_logits(self, h):
+        """Student codeword logits from its last hidden state: [B, T, D] -> [B, T, K]."""
+        if self.disc_head == "linear":
+            return self.disc(h) / self.tau
+        return losses.cosine_logits(self.disc(h), self.codewords, self.tau)  # "cos" and "hard"
+
+    def forward(self, student_hidden):
+        """student_hidden: list of [B, T, D] -> (pred [N, B, T, teacher_dim] or None, disc_logits [B, T, K] or None)."""
+        pred = self.regress(student_hidden) if self.pairs else None
+        logits = self.disc_logits(student_hidden[-1]) if self.disc is not None else None
+        return pred, logits
 
 
 # ----------------------------------------------------------------------------------------------
@@ -141,7 +234,7 @@ class Distiller(nn.Module):
         """-> (pred [N, B, T, C] or front-end pred [B, T, C], disc logits [B, T, K] or None, frame_lengths [B]).
         features: the front-end's output when already computed (--cache-frontend)."""
         if frontend_only:
-            x, frame_lengths = self.student.frontend(waves, lengths)
+            x, frame_lengths = self.student.transformer_input(waves, lengths)
             return self.frontend_proj(x), None, frame_lengths
         hidden, frame_lengths = self.student(waves, lengths, features=features)
         pred, disc_logits = self.heads(hidden)
@@ -156,8 +249,8 @@ def trim(x, T):
 def distill_loss(args, teacher, distiller, waves, lengths, frontend_only, teacher_states=None, features=None):
     """One batch: teacher and student forwards, frames aligned, then losses.distillation_loss.
     teacher_states: the teacher's (hidden states, frame lengths) of this batch if already known
-    (TeacherCache), else the teacher runs; features: the student's front-end output if already
-    known (FrontendCache). Returns (L, dict of float parts)."""
+    (caches.TeacherCache), else the teacher runs; features: the student's front-end output if
+    already known (caches.FrontendCache). Returns (L, dict of float parts)."""
     if teacher_states is None:
         with autocast(waves.device, "bf16" if args.precision == "bf16" else "fp32"):  # teacher: never fp16
             teacher_states = teacher(waves, lengths)
@@ -191,7 +284,7 @@ def make_distiller(args, preset, student, teacher):
     style = model.PRESETS[preset].style
     pairs = model.distill_pairs(style, student.config.layers, tcfg.layers, args.target_layers)
     codewords = teacher.head.codewords.detach() if teacher.head is not None else None
-    heads = losses.DistillHeads(student.config.dim, tcfg.dim, pairs,
+    heads = DistillHeads(student.config.dim, tcfg.dim, pairs,
                                 args.disc_head if args.disc_weight > 0 else None, codewords, args.tau,
                                 style=style)
     # Only when stage 1 runs: a parameter that never gets a gradient stalls DDP at step 2 ("Expected
@@ -244,8 +337,18 @@ class Run(RunState):
     """A distillation run: build_run makes it, main steps it."""
     teacher: model.Teacher
     distiller: nn.Module                 # Distiller, inside DistributedDataParallel when world > 1
-    teacher_cache: "TeacherCache" = None  # --teacher-cache
-    frontend_cache: model.FrontendCache = None  # --cache-frontend
+    teacher_cache: caches.TeacherCache = None    # --teacher-cache
+    frontend_cache: caches.FrontendCache = None  # --cache-frontend
+
+    def network(self):
+        return self.distiller
+
+    def checkpoint(self, full):
+        """The student with its heads (student.pt, for finetune.py --init); full: also the Distiller."""
+        d, args = distiller_module(self.distiller), self.args
+        ckpt = checkpoints.encoder_checkpoint(d.student, "student", preset=args.student, heads=d.heads.state_dict(),
+                                              heads_config=d.heads.config(), step=self.step, args=vars(args))
+        return {**ckpt, "distiller": d.state_dict()} if full else ckpt
 
 
 def main(args):
@@ -261,21 +364,22 @@ def main(args):
     stop_at = last_step(run)
     with GracefulStop() as stopper:
         while run.step < stop_at:
-            stop_if_asked(stopper, run, save)
+            stop_if_asked(stopper, run)
             frontend_only = run.step < args.frontend_steps
             lr = lr_at(run.step, args.max_steps, args.lr, args.warmup)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            set_lr(optimizer, lr)
             for micro in range(args.grad_accum):
-                waves, lengths, ids = read_batch(run)
-                states = run.teacher_cache(ids, run.device) if run.teacher_cache else None
+                batch = read_batch(run)
+                waves, lengths, ids = batch["waves"].to(device), batch["lengths"].to(device), batch["ids"]
+                states = run.teacher_cache(ids, device) if run.teacher_cache else None
                 features = run.frontend_cache(ids, waves, lengths) if run.frontend_cache else None
                 if not entropy_shown:  # an extra teacher forward, once; it draws no random numbers
                     print_codeword_entropy(teacher, waves, lengths, args.tau)
                     entropy_shown = True
                 with no_sync_unless(distiller, last=micro == args.grad_accum - 1):
                     loss, parts = distill_loss(args, teacher, distiller, waves, lengths, frontend_only, states, features)
-                    stop_unless_finite(run, loss, parts)
+                    stop_unless_finite(run, loss, parts, "A teacher with broken weights fails at step 1; otherwise "
+                                                         "try a lower --lr or --precision fp32")
                     scaler.scale(loss / args.grad_accum).backward()
                 add_parts(interval, {"loss": loss.item(), **parts})
                 logger.add_audio(lengths.sum().item() / data.SAMPLE_RATE * world)
@@ -292,21 +396,22 @@ def main(args):
                 last_log, interval = run.step, {}
             if run.step % args.save_every == 0 or run.step == stop_at:
                 save(run, run.ckpt_path)
-    end_run(run)
+    if reached_max_steps(run):
+        path = os.path.join(args.out_dir, "student.pt")
+        save(run, path, full=False)
+        if rank == 0:
+            print(f"done: {path} (student for finetune.py --init)", flush=True)
+    runtime.leave_process_group(world)
 
 
 # ----------------------------------------------------------------------------------------------
-# Building (or resuming) a run, saving it, stopping it
+# Building (or resuming) a run
 
 
 def build_run(args, device, rank, world):
     """Data, teacher, student with its heads (new, or from OUT/checkpoint.pt with --resume),
     optimizer and scaler, in that order (the order the random numbers are drawn in)."""
-    ckpt_path = os.path.join(args.out_dir, "checkpoint.pt")
-    resume = checkpoints.load_checkpoint(ckpt_path) if args.resume and os.path.exists(ckpt_path) else None
-    if args.resume and resume is None and rank == 0:
-        print(f"--resume: no {ckpt_path} yet, starting from scratch", flush=True)
-    check_same_start(resume, world)
+    ckpt_path, resume = runtime.find_resume(args, rank, world)
     utterances = data.drop_short(data.load_corpus(args.data), quiet=rank != 0)
     loader, sampler = data.make_loader(utterances, args.batch_seconds, shuffle=True, seed=args.seed,
                                        rank=rank, world_size=world, num_workers=args.num_workers)
@@ -314,12 +419,13 @@ def build_run(args, device, rank, world):
     if args.disc_weight > 0 and teacher.head is None:
         raise ValueError(f"--disc-weight needs the teacher's prediction head (final_proj + codewords); "
                          f"{args.teacher} has none (Hugging Face and fine-tuned checkpoints drop it)")
-    cache = TeacherCache(args.teacher_cache, teacher, utterances, device, rank != 0) if args.teacher_cache else None
+    teacher_cache = caches.TeacherCache(args.teacher_cache, teacher, utterances, device, rank != 0) \
+        if args.teacher_cache else None
     distiller, pairs = build_distiller(args, teacher, resume, ckpt_path, utterances, device, rank)
     frontend_cache = None
     if args.cache_frontend:  # a frozen CNN: no gradient, so the optimizer and DDP leave it alone
         distiller.student.feature_extractor.requires_grad_(False)
-        frontend_cache = model.FrontendCache(distiller.student)
+        frontend_cache = caches.FrontendCache(distiller.student)
     if rank == 0:
         tcfg, scfg = teacher.config, distiller.student.config
         n_student = model.count_parameters(distiller.student) / 1e6
@@ -328,25 +434,15 @@ def build_run(args, device, rank, world):
               f"student {args.student}: {scfg.layers}x{scfg.dim}, {n_student:.2f}M "
               f"(+{n_heads:.2f}M heads) | pairs (student, teacher) {pairs} | {len(utterances)} utterances, "
               f"{len(sampler)} batches/epoch/rank | device {device} x{world}", flush=True)
-    if world > 1:
-        distiller = nn.parallel.DistributedDataParallel(
-            distiller, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=args.frontend_steps > 0 or distiller.student.config.layerdrop > 0)
-    # fused: one kernel over all tensors instead of a dozen small ops per tensor (a 12-layer student
-    # has ~200): the toy D&T student's CPU step 7% faster
-    optimizer = torch.optim.AdamW(distiller.parameters(), lr=args.lr, betas=tuple(args.betas),
-                                  eps=args.eps, weight_decay=args.weight_decay, fused=True)
-    scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
-    run = Run(args=args, device=device, rank=rank, world=world, ckpt_path=ckpt_path, optimizer=optimizer,
-              scaler=scaler, teacher=teacher, distiller=distiller, teacher_cache=cache, frontend_cache=frontend_cache)
-    if resume:
-        optimizer.load_state_dict(resume["optimizer"])
-        scaler.load_state_dict(resume["scaler"])
-        run.step, run.data_state, run.saved_step = resume["step"], dict(resume["data_state"]), resume["step"]
-        set_rng_state(resume["rng"][rank % len(resume["rng"])])  # exact with the same world size
-        if rank == 0:
-            print(f"resumed from {ckpt_path} at step {run.step}", flush=True)
-    run.batches = batch_stream(loader, sampler, run.data_state)  # advances run.data_state
+    distiller = runtime.wrap_ddp(distiller, device, world, find_unused=args.frontend_steps > 0
+                                 or distiller.student.config.layerdrop > 0)
+    run = Run(args=args, device=device, rank=rank, world=world, ckpt_path=ckpt_path,
+              optimizer=runtime.adamw(distiller.parameters(), args),
+              scaler=torch.amp.GradScaler(device.type, enabled=args.precision == "fp16"),
+              teacher=teacher, distiller=distiller, teacher_cache=teacher_cache, frontend_cache=frontend_cache)
+    runtime.start(run, resume, loader, sampler)
+    if resume and rank == 0:
+        print(f"resumed from {ckpt_path} at step {run.step}", flush=True)
     return run
 
 
@@ -368,60 +464,6 @@ def build_distiller(args, teacher, resume, ckpt_path, utterances, device, rank):
     return distiller, pairs
 
 
-def save(run, path, final=False):
-    """Every rank calls it (the RNG states are gathered); rank 0 writes. final: the student for
-    finetune.py alone; else the whole state for --resume."""
-    check_ranks_agree(run.distiller, run.world)
-    rngs = None if final else gather_rng(run.world)
-    if run.rank != 0:
-        return
-    d, args = distiller_module(run.distiller), run.args
-    student_ckpt = checkpoints.encoder_checkpoint(d.student, "student", preset=args.student,
-                                                  heads=d.heads.state_dict(), heads_config=d.heads.config(),
-                                                  step=run.step, args=vars(args))
-    if final:
-        checkpoints.save_checkpoint(student_ckpt, path)
-        return
-    checkpoints.save_checkpoint({**student_ckpt, "distiller": d.state_dict(), "optimizer": run.optimizer.state_dict(),
-                                 "scaler": run.scaler.state_dict(), "data_state": dict(run.data_state),
-                                 "rng": rngs}, path)
-    run.saved_step = run.step
-
-
-def read_batch(run):
-    """The next batch's (waves [B, S], lengths [B]) on the device and its utterance ids; on unreadable audio (any rank)
-    every rank saves the state before this step and stops."""
-    batch, error = next_batch(run.batches)
-    if any_rank(error, run.device, run.world):
-        if error:  # printed by the rank that read the file
-            print(f"error: {error}", file=sys.stderr, flush=True)
-        save(run, run.ckpt_path)
-        finish(1, f"stopped on unreadable audio; the state after step {run.step} is in {run.ckpt_path}; "
-                  f"fix or remove the file, then {resume_hint()}", run.rank, run.world)
-    return batch["waves"].to(run.device), batch["lengths"].to(run.device), batch["ids"]
-
-
-def stop_unless_finite(run, loss, parts):
-    """A non-finite loss on any rank stops every rank, without saving: the weights may be the cause."""
-    if all_finite(loss.detach(), run.device, run.world):
-        return
-    found = ", ".join(f"{k} {v:.4g}" for k, v in parts.items() if not isinstance(v, list))
-    last = run.ckpt_path if run.saved_step is not None else "none"
-    finish(1, f"error: non-finite loss at step {run.step + 1} ({found}); stopping. Last checkpoint: {last} "
-              f"(step {run.saved_step}). A teacher with broken weights fails at step 1; otherwise try a lower "
-              f"--lr or --precision fp32", run.rank, run.world)
-
-
-def end_run(run):
-    """After the loop: the final student.pt, or (--stop-after) only the checkpoint saved last."""
-    if reached_max_steps(run):
-        path = os.path.join(run.args.out_dir, "student.pt")
-        save(run, path, final=True)
-        if run.rank == 0:
-            print(f"done: {path} (student for finetune.py --init)", flush=True)
-    leave_process_group(run.world)
-
-
 def set_cmvn(student, utterances, rank, max_utts=200):
     """Global CMVN of the Fbank front-end from (a sample of) the training audio, stored in the model."""
     sample = utterances[:: max(1, len(utterances) // max_utts)][:max_utts]
@@ -431,116 +473,5 @@ def set_cmvn(student, utterances, rank, max_utts=200):
         print(f"fbank CMVN from {len(sample)} utterances", flush=True)
 
 
-# ----------------------------------------------------------------------------------------------
-# The teacher's hidden states, computed once (--teacher-cache)
-
-
-class TeacherCache:
-    """The frozen teacher's hidden states of every training utterance, computed once and kept in a
-    file, so that each distillation step (and each student distilled from the same teacher on the
-    same data) skips the teacher's forward pass: a quarter to a third of a toy D&T or S&W step.
-
-    Each utterance is run alone, without padding: with HuBERT Base's GroupNorm CNN its states
-    differ a little from those in a padded batch (README, "Padding and GroupNorm"), the same for
-    every epoch. Stored in fp16, read memory-mapped (runs side by side share the pages), returned
-    in fp32. The file holds a fingerprint of the teacher's weights and every utterance's id and
-    length: one made for another teacher or other audio is refused, not silently used."""
-
-    FORMAT = "hubert-distill/teacher-cache/1"
-
-    def __init__(self, path, teacher, utterances, device, quiet=False):
-        fingerprint = weights_fingerprint(teacher)
-        with file_lock(path, quiet):  # the first run to name the file makes it; others wait, then read
-            if not os.path.exists(path):
-                make_teacher_cache(path, teacher, utterances, device, fingerprint, quiet)
-        cache = checkpoints.load_checkpoint(path, mmap=True)
-        if cache.get("format") != self.FORMAT:
-            raise ValueError(f"--teacher-cache {path}: not a teacher cache of this project; "
-                             f"delete it or name another file")
-        if cache["fingerprint"] != fingerprint:
-            raise ValueError(f"--teacher-cache {path} was made with another teacher (its weights differ from "
-                             f"--teacher's); delete it or name another file")
-        self.hidden = cache["hidden"]  # (L+1, all frames, D) fp16
-        self.index = {}                # utterance id -> (first frame, frames, samples)
-        start = 0
-        for uid, samples, frames in zip(cache["ids"], cache["samples"], cache["frames"]):
-            self.index[uid] = (start, frames, samples)
-            start += frames
-        for u in utterances:
-            differs = "missing" if u.id not in self.index else \
-                "of another length" if self.index[u.id][2] != u.num_samples else None
-            if differs:
-                raise ValueError(f"--teacher-cache {path} was made for other audio ({u.id} is {differs}); "
-                                 f"delete it or name another file")
-
-    def __call__(self, ids, device):
-        """The batch's (hidden states: list of L+1 x [B, T, D] fp32, zero-padded; frame lengths [B])."""
-        spans = [self.index[uid][:2] for uid in ids]
-        T = max(n for _, n in spans)
-        out = torch.zeros(self.hidden.shape[0], len(ids), T, self.hidden.shape[2])
-        for b, (start, n) in enumerate(spans):
-            out[:, b, :n] = self.hidden[:, start:start + n]
-        return list(out.to(device).unbind(0)), torch.tensor([n for _, n in spans], device=device)
-
-
-def weights_fingerprint(module):
-    """sha256 of a module's parameter and buffer names and bytes."""
-    h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
-        h.update(name.encode() + b"\0" + t.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-@contextlib.contextmanager
-def file_lock(path, quiet=False):
-    """Hold PATH.lock while the block runs (fcntl.flock: released even if the process dies); where
-    there is no fcntl (Windows) there is no lock: two runs would both make the file, the same."""
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    with open(f"{path}.lock", "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if not quiet:
-                print(f"waiting for another run to finish {path}", flush=True)
-            fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-@torch.no_grad()
-def make_teacher_cache(path, teacher, utterances, device, fingerprint, quiet=False):
-    """Run the teacher on each utterance alone and save all its hidden states (fp16) to path."""
-    total, done, hidden, frames = sum(u.num_samples for u in utterances), 0, [], []
-    start, shown = time.time(), 0
-    for u in utterances:
-        wave = data.load_audio(u.path).to(device)
-        states, _ = teacher(wave[None], torch.tensor([len(wave)], device=device))
-        h = torch.stack(states)[:, 0].half()  # (L+1, T, D)
-        if not torch.isfinite(h).all():
-            raise ValueError(f"--teacher-cache: the teacher's hidden states of {u.id} do not fit fp16; run without it")
-        hidden.append(h.cpu())
-        frames.append(h.shape[1])
-        done += u.num_samples
-        if not quiet and (done / total >= shown + 0.1 or done == total):
-            shown = done / total
-            rate = done / data.SAMPLE_RATE / (time.time() - start)
-            print(f"teacher cache {path}: {100 * shown:.0f}% of {total / data.SAMPLE_RATE / 3600:.2f} h "
-                  f"| {rate:.1f} audio-s/s", flush=True)
-    checkpoints.save_checkpoint({"format": TeacherCache.FORMAT, "fingerprint": fingerprint,
-                                 "ids": [u.id for u in utterances], "samples": [u.num_samples for u in utterances],
-                                 "frames": frames, "hidden": torch.cat(hidden, 1)}, path)
-
-
 if __name__ == "__main__":
-    try:
-        main(parse_args())
-    except (ValueError, FileNotFoundError) as e:  # our own checks' one-line messages, no traceback
-        sys.exit(f"error: {e}")
-    except KeyboardInterrupt:  # a second Ctrl-C (the first one saves, see GracefulStop)
-        sys.exit(130)
+    runtime.run_main(main, parse_args)

@@ -20,11 +20,12 @@ rate:
 With padding 2 the 20 ms frame k is centred on sample 320 k + 200, exactly like the CNN's
 frame k, and for every length S >= 400 it yields floor((S - 400) / 320) + 1 frames, the CNN's
 count. distill.py still trims student and teacher frames to the shorter of the two, for safety.
+distill.py computes the CMVN statistics of a new Fbank student from its training audio.
 
-    python fbank_frontend.py stats --data runs/demo/corpus/train --out cmvn.pt
+    frontend = FbankFrontend(480)                     # D&T width
+    frontend.set_cmvn(*compute_cmvn(waves))           # global statistics, stored as buffers
+    features, frame_lengths = frontend(waves, lengths)  # (B, T, 480) at 20 ms
 """
-import argparse
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -43,7 +44,6 @@ HIGH_FREQ = SAMPLE_RATE / 2  # Hz, highest mel bin edge (Kaldi --high-freq 0 = N
 N_MELS = 80               # mel bins
 LOG_FLOOR = torch.finfo(torch.float32).eps  # Kaldi floors energies at float epsilon before log
 SUB_KERNEL, SUB_STRIDE = 5, 2  # subsampler Conv1d: 10 ms frames -> 20 ms frames
-CNN_WIN, CNN_HOP = 400, 320    # HuBERT's waveform CNN: receptive field and hop, samples
 FREQ_MASKS, FREQ_MASK_WIDTH = 2, 30  # SpecAugment: masks and max width in mel bins (paper)
 TIME_MASKS, TIME_MASK_WIDTH = 2, 40  # SpecAugment: masks and max width in 10 ms frames (paper)
 
@@ -57,11 +57,6 @@ def num_fbank_frames(lengths):
 def num_subsampled_frames(fbank_frames):
     """10 ms frames -> 20 ms frames of the subsampler (kernel 5, stride 2, padding 2): ceil(n / 2)."""
     return (fbank_frames + 1) // 2
-
-
-def num_cnn_frames(lengths):
-    """Samples -> frames of HuBERT's waveform CNN: floor((S - 400) / 320) + 1 (torchaudio's formula)."""
-    return torch.div(lengths - CNN_WIN, CNN_HOP, rounding_mode="floor") + 1
 
 
 # ----------------------------------------------------------------------------------------------
@@ -136,8 +131,7 @@ def kaldi_fbank(waves, lengths=None, mel_banks=None, window=None):
 def compute_cmvn(items, n_mels=N_MELS):
     """Global mean and std [n_mels] of the log-mel features over all real frames.
 
-    items: an iterable of waveforms (1-D tensors or arrays at 16 kHz) or of data.Utterance
-    (anything with a `.path`, loaded with data.load_audio). Sums are kept in float64 so that
+    items: an iterable of waveforms (1-D tensors or arrays at 16 kHz). Sums are kept in float64 so that
     hundreds of hours of frames do not lose precision.
     """
     banks, window = kaldi_mel_banks(n_mels=n_mels), povey_window()
@@ -145,9 +139,6 @@ def compute_cmvn(items, n_mels=N_MELS):
     total_sq = torch.zeros(n_mels, dtype=torch.float64)
     count = 0
     for item in items:
-        if hasattr(item, "path"):
-            from data import load_audio
-            item = load_audio(item.path)
         wave = torch.as_tensor(item, dtype=torch.float32).reshape(1, -1)
         fb, frames = kaldi_fbank(wave, mel_banks=banks, window=window)
         fb = fb[0, : int(frames[0])].double()
@@ -210,11 +201,11 @@ class FbankFrontend(nn.Module):
         self.register_buffer("window", povey_window(), persistent=False)
 
     def set_cmvn(self, mean, std):
-        """Store global statistics (from compute_cmvn or a `stats` file); std floored at 1e-5."""
+        """Store global statistics (from compute_cmvn); std floored at 1e-5."""
         self.cmvn_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
         self.cmvn_std.copy_(torch.as_tensor(std, dtype=torch.float32).clamp(min=1e-5))
 
-    def features(self, waves, lengths=None):
+    def fbank(self, waves, lengths=None):
         """(waves [B, S], lengths [B]) -> normalised fbank [B, T10, n_mels] (padding 0), frames [B]."""
         fb, frames = kaldi_fbank(waves, lengths, self.mel_banks, self.window)
         fb = (fb - self.cmvn_mean) / self.cmvn_std
@@ -227,55 +218,9 @@ class FbankFrontend(nn.Module):
 
     def forward(self, waves, lengths=None):
         """(waves [B, S], lengths [B] or None) -> (features [B, T, D], frame_lengths [B]); 20 ms frames."""
-        fb, frames = self.features(waves, lengths)
+        fb, frames = self.fbank(waves, lengths)
         x = F.glu(self.conv(fb.transpose(1, 2)), dim=1)            # (B, D, T20)
         x = self.dropout(self.proj(x.transpose(1, 2)))             # (B, T20, D)
         out_frames = num_subsampled_frames(frames)
         pad = torch.arange(x.shape[1], device=x.device)[None, :] >= out_frames[:, None]
         return x.masked_fill(pad[..., None], 0.0), out_frames
-
-
-# ----------------------------------------------------------------------------------------------
-# Command line: `stats` computes the global CMVN statistics of a corpus
-
-
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("stats", help="global CMVN mean/std of the fbank features of a corpus",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    g = s.add_argument_group("data")
-    g.add_argument("--data", nargs="+", required=True,
-                   help="LibriSpeech-layout folders or fairseq .tsv manifests (16 kHz audio)")
-    g.add_argument("--max-utts", type=int, default=None,
-                   help="use at most the first N utterances of the corpus (None: all)")
-    g.add_argument("--n-mels", type=int, default=N_MELS, help="mel bins")
-    g = s.add_argument_group("io")
-    g.add_argument("--out", required=True,
-                   help="output file: torch.save of {'mean': [n_mels], 'std': [n_mels], 'utterances': int}")
-    return p.parse_args(argv)
-
-
-def load_cmvn(path):
-    """(mean, std) from a file written by `python fbank_frontend.py stats`."""
-    stats = torch.load(path, map_location="cpu", weights_only=True)
-    return stats["mean"], stats["std"]
-
-
-def main(args):
-    if args.command == "stats":
-        from data import load_corpus
-        utts = load_corpus(args.data)
-        if args.max_utts is not None:
-            utts = utts[: args.max_utts]
-        mean, std = compute_cmvn(utts, n_mels=args.n_mels)
-        torch.save({"mean": mean, "std": std, "utterances": len(utts)}, args.out)
-        torch.set_printoptions(precision=3, linewidth=120)
-        print(f"{len(utts)} utterances -> {args.out}")
-        print(f"mean {mean}")
-        print(f"std  {std}")
-
-
-if __name__ == "__main__":
-    main(parse_args())

@@ -26,15 +26,15 @@ import sys
 from dataclasses import asdict, dataclass, replace
 
 import torch
-from torch import nn
 
+import caches
 import checkpoints
 import data
 import model
-from runtime import (GracefulStop, Logger, RunState, add_parts, all_finite, any_rank, autocast, batch_stream,
-                     check_ranks_agree, check_same_start, finish, gather_rng, last_step, leave_process_group,
-                     mean_parts, next_batch, no_sync_unless, reached_max_steps, resume_hint, set_rng_state, setup,
-                     start_run, stop_if_asked)
+import runtime
+from runtime import (GracefulStop, Logger, RunState, add_parts, autocast, last_step, mean_parts, no_sync_unless,
+                     read_batch, reached_max_steps, save, set_lr, setup, start_run, stop_if_asked,
+                     stop_unless_finite)
 from scoring import evaluate, make_decoder
 
 # ----------------------------------------------------------------------------------------------
@@ -42,8 +42,7 @@ from scoring import evaluate, make_decoder
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = runtime.make_parser(__doc__)
     g = p.add_argument_group("mode (default: fine-tune)")
     g.add_argument("--eval", metavar="CKPT", help="print the WER of a fine-tuned checkpoint on each --data set")
     g.add_argument("--transcribe", nargs="+", metavar=("CKPT", "FILE"),
@@ -63,8 +62,24 @@ def parse_args(argv=None):
     g.add_argument("--cache-frontend", action=argparse.BooleanOptionalAction, default=False,
                    help="keep the frozen CNN's output of each training and --valid utterance in memory after its "
                         "first use (small sets seen for many epochs, dev WER every --eval-every steps; ~frames x CNN "
-                        "channels x 4 bytes, 1 h at 512 channels: ~370 MB); see model.FrontendCache")
-    g = p.add_argument_group("model (fairseq base_10h values)")
+                        "channels x 4 bytes, 1 h at 512 channels: ~370 MB); see caches.FrontendCache")
+    add_model_args(p.add_argument_group("model (fairseq base_10h values)"))
+    add_optim_args(p.add_argument_group("optim (fairseq base_10h values)"))
+    g = p.add_argument_group("decoding (greedy unless --lm or --lexicon; beam search needs flashlight-text)")
+    g.add_argument("--lm", help="KenLM language model (.bin or .arpa) for beam search")
+    g.add_argument("--lexicon", help="lexicon file: WORD then its letters, each word ending in |")
+    g.add_argument("--beam", type=int, default=50, help="beam size, hypotheses")
+    g.add_argument("--lm-weight", type=float, default=2.0, help="language model weight (fairseq ls_4gram.yaml)")
+    g.add_argument("--word-score", type=float, default=-1.0, help="word insertion score (fairseq ls_4gram.yaml)")
+    g = p.add_argument_group("io")
+    runtime.add_io_args(g, "checkpoint.pt, best.pt, last.pt, log.jsonl, args.json", required=False)
+    g.add_argument("--eval-every", type=int, default=1000, help="steps between dev WER evaluations and checkpoints")
+    args = p.parse_args(argv)
+    check_args(p, args)
+    return args
+
+
+def add_model_args(g):
     g.add_argument("--init", help="student.pt from distill.py, or any teacher source (fine-tune HuBERT itself)")
     g.add_argument("--final-dropout", type=float, default=0.0, help="dropout before the CTC head")
     g.add_argument("--dropout", type=float, default=0.0, help="encoder dropout (projection, attention and FFN outputs)")
@@ -83,7 +98,9 @@ def parse_args(argv=None):
                    help="Fbank students only: SpecAugment on the fbank features in training (the authors' "
                         "2 frequency masks <= 30 bins, 2 time masks <= 40 frames of 10 ms), on top of the "
                         "masking above; None = as the --init student was distilled (its config says)")
-    g = p.add_argument_group("optim (fairseq base_10h values)")
+
+
+def add_optim_args(g):
     g.add_argument("--max-steps", type=int, default=25_000, help="optimizer steps (base_10h: max_update)")
     g.add_argument("--lr", type=float, default=2e-5, help="peak learning rate")
     g.add_argument("--warmup-steps", type=int, default=8000,
@@ -103,23 +120,9 @@ def parse_args(argv=None):
     g.add_argument("--clip", type=float, default=0.0, help="gradient norm clip (0 = off, as fairseq)")
     g.add_argument("--grad-accum", type=int, default=1, help="batches per optimizer step")
     g.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="autocast precision")
-    g = p.add_argument_group("decoding (greedy unless --lm or --lexicon; beam search needs flashlight-text)")
-    g.add_argument("--lm", help="KenLM language model (.bin or .arpa) for beam search")
-    g.add_argument("--lexicon", help="lexicon file: WORD then its letters, each word ending in |")
-    g.add_argument("--beam", type=int, default=50, help="beam size, hypotheses")
-    g.add_argument("--lm-weight", type=float, default=2.0, help="language model weight (fairseq ls_4gram.yaml)")
-    g.add_argument("--word-score", type=float, default=-1.0, help="word insertion score (fairseq ls_4gram.yaml)")
-    g = p.add_argument_group("io")
-    g.add_argument("--out-dir", help="folder for checkpoint.pt, best.pt, last.pt, log.jsonl")
-    g.add_argument("--resume", action=argparse.BooleanOptionalAction, default=False,
-                   help="continue exactly from OUT/checkpoint.pt")
-    g.add_argument("--log-every", type=int, default=10, help="steps between progress lines")
-    g.add_argument("--eval-every", type=int, default=1000, help="steps between dev WER evaluations and checkpoints")
-    g.add_argument("--stop-after", type=int, help="end this run after N more steps, with a checkpoint to "
-                   "--resume from (time-boxed jobs); the LR schedule still spans --max-steps")
-    g.add_argument("--seed", type=int, default=0, help="random seed")
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
-    args = p.parse_args(argv)
+
+
+def check_args(p, args):
     if not (args.eval or args.transcribe or args.export_hf):
         missing = [f for f in ("init", "train", "out_dir") if not getattr(args, f)]
         if missing:
@@ -141,7 +144,6 @@ def parse_args(argv=None):
         args.warmup_steps, args.hold_steps, args.decay_steps = (int(s * args.max_steps) for s in shares)
     if min(args.warmup_steps, args.hold_steps, args.decay_steps) < 0:
         p.error("--warmup-steps, --hold-steps and --decay-steps must not be negative")
-    return args
 
 
 # ----------------------------------------------------------------------------------------------
@@ -308,12 +310,19 @@ def load_train_set(args, rank):
 class Run(RunState):
     """A fine-tuning run: build_run makes it, train steps it."""
     ctc: model.CTCModel
-    net: nn.Module                       # ctc, inside DistributedDataParallel when world > 1
+    net: torch.nn.Module                 # ctc, inside DistributedDataParallel when world > 1
     trainable: list                      # parameters the optimizer updates: all but a frozen front-end
     valid_utts: list                     # --valid utterances (may be empty)
-    train_cache: model.FrontendCache = None  # --cache-frontend: the CNN's output per train utterance
-    dev_cache: model.FrontendCache = None    # and per --valid utterance (ids may repeat across corpora)
+    train_cache: caches.FrontendCache = None  # --cache-frontend: the CNN's output per train utterance
+    dev_cache: caches.FrontendCache = None    # and per --valid utterance (ids may repeat across corpora)
     best: float = math.inf               # best dev WER so far, %
+
+    def network(self):
+        return self.ctc
+
+    def checkpoint(self, full):
+        """The CTC model (best.pt, last.pt: for --eval, --transcribe, --export-hf) and the best dev WER."""
+        return ctc_checkpoint(self.ctc, step=self.step, best_wer=self.best, args=vars(self.args))
 
 
 def train(args):
@@ -327,13 +336,12 @@ def train(args):
     stop_at = last_step(run)
     with GracefulStop() as stopper:
         while run.step < stop_at:
-            stop_if_asked(stopper, run, save)
+            stop_if_asked(stopper, run)
             ctc.train()
             frozen = run.step < args.freeze_steps
             set_trainable(ctc, train_encoder=not frozen, train_frontend=args.train_frontend)
             lr = tri_stage_lr(run.step, args.lr, args.warmup_steps, args.hold_steps, args.decay_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            set_lr(optimizer, lr)
             loss_sum = 0.0
             for micro in range(args.grad_accum):
                 batch = read_batch(run)
@@ -347,7 +355,7 @@ def train(args):
                     loss = torch.nn.functional.ctc_loss(
                         log_probs.float().transpose(0, 1), targets.clamp(min=0), frame_lengths, target_lengths,
                         blank=data.BLANK, reduction="sum", zero_infinity=True) / len(waves)
-                    stop_unless_finite(run, loss)
+                    stop_unless_finite(run, loss, {"ctc": loss.item()})
                     scaler.scale(loss / args.grad_accum).backward()
                 loss_sum += loss.item() / args.grad_accum
                 logger.add_audio(lengths.sum().item() / data.SAMPLE_RATE * world)
@@ -366,7 +374,14 @@ def train(args):
                 validate(run)
             if run.step % args.eval_every == 0 or run.step == stop_at:
                 save(run, run.ckpt_path)
-    end_run(run)
+    if reached_max_steps(run):
+        save(run, os.path.join(args.out_dir, "last.pt"), full=False)
+        if not run.valid_utts:
+            save(run, os.path.join(args.out_dir, "best.pt"), full=False)
+        if rank == 0:
+            result = f"best dev WER {run.best:.2f}" if run.valid_utts else "no --valid set: best.pt = last.pt"
+            print(f"done: {result}; {os.path.join(args.out_dir, 'best.pt')}", flush=True)
+    runtime.leave_process_group(world)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -376,9 +391,7 @@ def train(args):
 def build_run(args, device, rank, world):
     """Data, the CTC model (new from --init, or from OUT/checkpoint.pt with --resume), DDP,
     optimizer and scaler, in that order (the order the random numbers are drawn in)."""
-    ckpt_path = os.path.join(args.out_dir, "checkpoint.pt")
-    resume = checkpoints.load_checkpoint(ckpt_path) if args.resume and os.path.exists(ckpt_path) else None
-    check_same_start(resume, world)
+    ckpt_path, resume = runtime.find_resume(args, rank, world)
     train_utts = load_train_set(args, rank)
     valid_utts = data.drop_short(data.load_corpus(args.valid), quiet=rank != 0) if args.valid else []
     loader, sampler = data.make_loader(train_utts, args.batch_seconds, shuffle=True, seed=args.seed,
@@ -396,24 +409,18 @@ def build_run(args, device, rank, world):
     trainable = [p for p in ctc.parameters() if p.requires_grad]  # all but a frozen front-end
     # Some parameters get no gradient in a step (frozen encoder, layerdrop, mask embedding with
     # masking off): DDP must look for them, or it waits for their gradients forever.
-    net = nn.parallel.DistributedDataParallel(ctc, device_ids=[device.index] if device.type == "cuda" else None,
-                                              find_unused_parameters=True) if world > 1 else ctc
-    optimizer = torch.optim.AdamW(trainable, lr=args.lr, betas=tuple(args.betas), eps=args.eps,
-                                  weight_decay=args.weight_decay, fused=True)  # see distill.py
-    scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
-    run = Run(args=args, device=device, rank=rank, world=world, ckpt_path=ckpt_path, optimizer=optimizer,
-              scaler=scaler, ctc=ctc, net=net, trainable=trainable, valid_utts=valid_utts)
+    net = runtime.wrap_ddp(ctc, device, world, find_unused=True)
+    run = Run(args=args, device=device, rank=rank, world=world, ckpt_path=ckpt_path,
+              optimizer=runtime.adamw(trainable, args),
+              scaler=torch.amp.GradScaler(device.type, enabled=args.precision == "fp16"),
+              ctc=ctc, net=net, trainable=trainable, valid_utts=valid_utts)
     if args.cache_frontend:
-        run.train_cache, run.dev_cache = model.FrontendCache(ctc.encoder), model.FrontendCache(ctc.encoder)
+        run.train_cache, run.dev_cache = caches.FrontendCache(ctc.encoder), caches.FrontendCache(ctc.encoder)
+    runtime.start(run, resume, loader, sampler)
     if resume:
-        optimizer.load_state_dict(resume["optimizer"])
-        scaler.load_state_dict(resume["scaler"])
-        run.step, run.data_state, run.best = resume["step"], dict(resume["data_state"]), resume["best_wer"]
-        run.saved_step = run.step
-        set_rng_state(resume["rng"][rank % len(resume["rng"])])  # exact with the same world size
+        run.best = resume["best_wer"]
     if rank == 0:
         print_plan(run, train_utts, resumed=resume is not None)
-    run.batches = batch_stream(loader, sampler, run.data_state)  # advances run.data_state
     return run
 
 
@@ -435,55 +442,14 @@ def print_plan(run, train_utts, resumed):
               flush=True)
 
 
-def save(run, path, full=True):
-    """Every rank calls it (full checkpoints gather the RNG states); rank 0 writes. full: the
-    whole state for --resume; else the CTC model alone (best.pt, last.pt)."""
-    check_ranks_agree(run.ctc, run.world)
-    rngs = gather_rng(run.world) if full else None
-    if run.rank != 0:
-        return
-    extra = dict(step=run.step, best_wer=run.best, args=vars(run.args))
-    if full:
-        extra.update(optimizer=run.optimizer.state_dict(), scaler=run.scaler.state_dict(),
-                     data_state=dict(run.data_state), rng=rngs)
-        run.saved_step = run.step
-    checkpoints.save_checkpoint(ctc_checkpoint(run.ctc, **extra), path)
-
-
-def stop_on_bad_audio(run, error):
-    """Every rank calls it: the state after this step is saved, then every rank stops."""
-    if error:
-        print(f"error: {error}", file=sys.stderr, flush=True)
-    save(run, run.ckpt_path)
-    finish(1, f"stopped on unreadable audio; the state after step {run.step} is in {run.ckpt_path}; "
-              f"fix or remove the file, then {resume_hint()}", run.rank, run.world)
-
-
-def read_batch(run):
-    """The next batch (on the CPU); unreadable audio on any rank stops every rank with a checkpoint."""
-    batch, error = next_batch(run.batches)
-    if any_rank(error, run.device, run.world):
-        stop_on_bad_audio(run, error)
-    return batch
-
-
-def stop_unless_finite(run, loss):
-    """A non-finite loss on any rank stops every rank, without saving: the weights may be the cause."""
-    if all_finite(loss.detach(), run.device, run.world):
-        return
-    finish(1, f"error: non-finite CTC loss at step {run.step + 1}; stopping. Last checkpoint: "
-              f"{run.ckpt_path if run.saved_step is not None else 'none'} (step {run.saved_step}); "
-              f"try a lower --lr or --precision fp32", run.rank, run.world)
-
-
 def validate(run):
     """Dev WER (every rank decodes a share), logged; a new best is saved as best.pt."""
     args = run.args
     try:
         wer, _ = evaluate(run.ctc, run.valid_utts, run.device, args.batch_seconds, rank=run.rank, world=run.world,
-                          frontend=run.dev_cache)
+                          frontend_cache=run.dev_cache)
     except data.AudioError as e:  # raised on every rank alike
-        stop_on_bad_audio(run, str(e) if run.rank == 0 else None)
+        runtime.stop_on_bad_audio(run, str(e) if run.rank == 0 else None)
     if run.rank == 0:
         print(f"step {run.step}: dev WER {wer:.2f}", flush=True)
         with open(os.path.join(args.out_dir, "log.jsonl"), "a") as f:
@@ -491,19 +457,6 @@ def validate(run):
     if wer < run.best:
         run.best = wer
         save(run, os.path.join(args.out_dir, "best.pt"), full=False)
-
-
-def end_run(run):
-    """After the loop: last.pt and best.pt, or (--stop-after) only the checkpoint saved last."""
-    args = run.args
-    if reached_max_steps(run):
-        save(run, os.path.join(args.out_dir, "last.pt"), full=False)
-        if not run.valid_utts:
-            save(run, os.path.join(args.out_dir, "best.pt"), full=False)
-        if run.rank == 0:
-            result = f"best dev WER {run.best:.2f}" if run.valid_utts else "no --valid set: best.pt = last.pt"
-            print(f"done: {result}; {os.path.join(args.out_dir, 'best.pt')}", flush=True)
-    leave_process_group(run.world)
 
 
 def main(args):
@@ -518,9 +471,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    try:
-        main(parse_args())
-    except (ValueError, FileNotFoundError) as e:  # our own checks' one-line messages, no traceback
-        sys.exit(f"error: {e}")
-    except KeyboardInterrupt:  # a second Ctrl-C (the first one saves, see runtime.GracefulStop)
-        sys.exit(130)
+    runtime.run_main(main, parse_args)

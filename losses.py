@@ -1,5 +1,5 @@
 """Objectives: regression, discriminative (KL over HuBERT's codewords), hard-unit and front-end
-losses, plus the student-side heads that exist only to feed them.
+losses, as pure functions of tensors (the heads that feed them: distill.DistillHeads).
 
 Follows arXiv 2210.15631, Sec. 3.1-3.3, and DistilHuBERT (arXiv 2110.01900, Eq. 1). The objective
 of one batch, computed by distillation_loss:
@@ -24,15 +24,8 @@ formula and the authors' code.
 
     loss, parts = distillation_loss(pred, target, padding_mask, s_logits, t_logits, disc_weight=0.5)
 """
-import math
-
 import torch
 import torch.nn.functional as F
-from torch import nn
-
-COS_FLOOR = math.log1p(math.exp(-1.0))  # -log sigmoid(1) = 0.3133: the cosine term's minimum (cos = 1)
-HEAD_TYPES = ("cos", "linear", "hard")  # student discriminative heads, see DistillHeads
-HEAD_STYLES = ("last", "layerwise")  # regression heads, model.Preset.style, see DistillHeads
 
 # ----------------------------------------------------------------------------------------------
 # Masked selection
@@ -161,100 +154,3 @@ def distillation_loss(pred, target, padding_mask, student_logits=None, teacher_l
         loss = loss + disc_weight * disc
         parts["disc"] = disc.item()
     return loss, parts
-
-
-# ----------------------------------------------------------------------------------------------
-# Student-side heads
-
-
-class DistillHeads(nn.Module):
-    """Prediction heads that exist only for distillation (dropped before fine-tuning).
-
-    pairs: [(student_layer, teacher_layer)] indexing hidden_states (0 = transformer input,
-    k = output of layer k). DistilHuBERT: [(2, 4), (2, 8), (2, 12)]; FitHuBERT: [(i, i) for i
-    in 1..12]. style (model.Preset.style) picks the regression heads, as s3prl's distiller
-    `out_layer_type` does:
-      "last":      DistilHuBERT's "expand-last": all pairs read one (the last) student layer;
-                   Linear(D -> N*D), GELU, then one Linear(D -> teacher_dim) per target layer
-                   (s3prl's SplitLinear: chunk k of the N*D vector predicts pairs[k]; same
-                   U(+-1/sqrt(D)) init as nn.Linear);
-      "layerwise": FitHuBERT's: one Linear(D -> teacher_dim) per pair, on its student layer
-                   (the default, so a heads_config saved before `style` existed rebuilds as saved).
-
-    disc_head, applied to the student's last hidden state:
-      "cos":    Linear(D -> F), cosine to the teacher's FROZEN codewords [K, F] (a buffer) / tau:
-                cosine_logits, the function of HuBERT's own head (model.PredictionHead.logits);
-      "hard":   the same cosine logits, trained with cross-entropy to the teacher's argmax unit
-                (hard_unit_loss): the authors' type3;
-      "linear": Linear(D -> K) / tau (the authors' type2). Dividing by tau keeps one rule for
-                all heads; for a free linear layer tau only rescales its effective learning rate;
-      None:     regression only.
-    codewords: the teacher's codeword embeddings [K, F] (needed for "cos" and "hard"; for
-    "linear" only K is taken). To rebuild from `config()` without the teacher, pass
-    num_codewords and codeword_dim instead and load the state_dict (it holds the codewords).
-    """
-
-    def __init__(self, student_dim, teacher_dim, pairs, disc_head=None, codewords=None, tau=1.0,
-                 num_codewords=None, codeword_dim=None, style="layerwise"):
-        super().__init__()
-        if disc_head is not None and disc_head not in HEAD_TYPES:
-            raise ValueError(f"unknown discriminative head {disc_head!r}; choose one of {HEAD_TYPES} or None")
-        if style not in HEAD_STYLES:
-            raise ValueError(f"unknown head style {style!r}; choose one of {HEAD_STYLES}")
-        if tau <= 0:
-            raise ValueError(f"tau must be positive, got {tau}")
-        self.student_dim, self.teacher_dim, self.style = student_dim, teacher_dim, style
-        self.pairs = [(int(s), int(t)) for s, t in pairs]
-        self.disc_head, self.tau = disc_head, float(tau)
-        self.expand = None
-        if style == "last" and self.pairs:
-            if len({s for s, _ in self.pairs}) > 1:
-                raise ValueError(f"style 'last' predicts every target from one student layer; got pairs {self.pairs}")
-            self.expand = nn.Linear(student_dim, len(self.pairs) * student_dim)
-        self.proj = nn.ModuleList(nn.Linear(student_dim, teacher_dim) for _ in self.pairs)
-        if codewords is not None:
-            num_codewords, codeword_dim = codewords.shape
-        self.num_codewords, self.codeword_dim = num_codewords, codeword_dim
-        self.disc = None
-        if disc_head is not None and num_codewords is None:
-            raise ValueError(f"disc_head {disc_head!r} needs the teacher's codewords (its head)")
-        if disc_head in ("cos", "hard"):
-            if codeword_dim is None:
-                raise ValueError(f"disc_head {disc_head!r} needs codewords [K, F] or codeword_dim")
-            self.disc = nn.Linear(student_dim, codeword_dim)
-            cw = codewords.detach().clone().float() if codewords is not None \
-                else torch.zeros(num_codewords, codeword_dim)
-            self.register_buffer("codewords", cw)  # frozen: a buffer, saved, never trained
-        elif disc_head == "linear":
-            self.disc = nn.Linear(student_dim, num_codewords)
-
-    def config(self):
-        """Plain dict: DistillHeads(**config) + load_state_dict rebuilds this module."""
-        return {"student_dim": self.student_dim, "teacher_dim": self.teacher_dim,
-                "pairs": [list(p) for p in self.pairs], "disc_head": self.disc_head, "tau": self.tau,
-                "num_codewords": self.num_codewords, "codeword_dim": self.codeword_dim, "style": self.style}
-
-    @property
-    def teacher_layers(self):
-        """Teacher hidden_states indices that the regression targets, in pred-stack order."""
-        return [t for _, t in self.pairs]
-
-    def regress(self, student_hidden):
-        """student_hidden: list of [B, T, D] -> pred [N, B, T, teacher_dim]."""
-        if self.expand is not None:  # "last": expand, GELU, split into N chunks of D
-            x = F.gelu(self.expand(student_hidden[self.pairs[0][0]]))  # (B, T, N*D)
-            x = x.unflatten(-1, (len(self.pairs), self.student_dim))  # (B, T, N, D)
-            return torch.stack([proj(x[..., k, :]) for k, proj in enumerate(self.proj)])
-        return torch.stack([proj(student_hidden[s]) for proj, (s, _) in zip(self.proj, self.pairs)])
-
-    def disc_logits(self, h):
-        """Student codeword logits from its last hidden state: [B, T, D] -> [B, T, K]."""
-        if self.disc_head == "linear":
-            return self.disc(h) / self.tau
-        return cosine_logits(self.disc(h), self.codewords, self.tau)  # "cos" and "hard"
-
-    def forward(self, student_hidden):
-        """student_hidden: list of [B, T, D] -> (pred [N, B, T, teacher_dim] or None, disc_logits [B, T, K] or None)."""
-        pred = self.regress(student_hidden) if self.pairs else None
-        logits = self.disc_logits(student_hidden[-1]) if self.disc is not None else None
-        return pred, logits

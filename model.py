@@ -9,9 +9,8 @@ returns all hidden states:
     #                   layer norm of post-LN models); hidden_states[k]: output of layer k
 
 Students follow the paper (arXiv 2210.15631, Sec. 3): "S&W" = shallow and wide, DistilHuBERT
-(2 x 768, heads on the last layer predicting teacher layers 4, 8, 12) and "D&T" = deep and
-thin, FitHuBERT (12 x 480, FFN 480, layer-to-layer targets), each optionally with the Fbank
-front-end of fbank_frontend.py in place of the waveform CNN.
+(2 x 768, predicting teacher layers 4, 8, 12 from its last layer) and "D&T" = deep and thin,
+FitHuBERT (12 x 480, FFN 480, layer to layer), optionally with the Fbank front-end.
 
     python model.py                      # the preset table with parameter counts
 """
@@ -42,7 +41,6 @@ def hubert_cnn(channels=512):
     return [(channels, 10, 5)] + [(channels, 3, 2)] * 4 + [(channels, 2, 2)] * 2
 
 
-
 @dataclass
 class EncoderConfig:
     """Shape of one encoder; every field maps to a torchaudio.models.wav2vec2_model argument."""
@@ -65,16 +63,25 @@ class EncoderConfig:
     n_mels: int = 80                     # fbank front-end only: mel bins
     specaugment: bool = False            # fbank front-end only: SpecAugment in training (2 x F=30, 2 x T=40)
 
+    def torchaudio_args(self):
+        """The arguments of torchaudio.models.wav2vec2_model (and hubert_pretrain_model) for this shape."""
+        c = self
+        return dict(
+            extractor_mode=c.extractor_mode, extractor_conv_layer_config=[tuple(x) for x in c.conv_layers],
+            extractor_conv_bias=c.conv_bias, encoder_embed_dim=c.dim, encoder_projection_dropout=c.dropout,
+            encoder_pos_conv_kernel=c.pos_conv_kernel, encoder_pos_conv_groups=c.pos_conv_groups,
+            encoder_num_layers=c.layers, encoder_num_heads=c.heads, encoder_attention_dropout=c.attention_dropout,
+            encoder_ff_interm_features=c.ffn, encoder_ff_interm_dropout=c.activation_dropout,
+            encoder_dropout=c.dropout, encoder_layer_norm_first=c.layer_norm_first, encoder_layer_drop=c.layerdrop)
+
     @classmethod
     def from_dict(cls, d):
         """Rebuild from asdict(config); unknown keys are an error, tuples come back as lists."""
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
+        unknown = set(d) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(f"unknown encoder config keys {sorted(unknown)}")
         d = dict(d)
-        if "conv_layers" in d:
-            d["conv_layers"] = [tuple(c) for c in d["conv_layers"]]
+        d["conv_layers"] = [tuple(c) for c in d.get("conv_layers", hubert_cnn())]
         return cls(**d)
 
 
@@ -92,31 +99,15 @@ def normalize_waveform(waves, lengths):
 
 
 class Encoder(nn.Module):
-    """HuBERT-style encoder; `feature_extractor` and `encoder` are named as in torchaudio's
-    Wav2Vec2Model so that its state_dict loads here unchanged."""
+    """HuBERT-style encoder: a front-end (`feature_extractor`: HuBERT's CNN or the Fbank front-end;
+    `frontend()` runs it) and a transformer (`encoder`). The two attributes keep torchaudio's
+    Wav2Vec2Model names so that its state_dict loads here unchanged."""
 
     def __init__(self, config: EncoderConfig):
         super().__init__()
         self.config = config
         c = config
-        w2v = wav2vec2_model(
-            extractor_mode=c.extractor_mode,
-            extractor_conv_layer_config=[tuple(x) for x in c.conv_layers],
-            extractor_conv_bias=c.conv_bias,
-            encoder_embed_dim=c.dim,
-            encoder_projection_dropout=c.dropout,
-            encoder_pos_conv_kernel=c.pos_conv_kernel,
-            encoder_pos_conv_groups=c.pos_conv_groups,
-            encoder_num_layers=c.layers,
-            encoder_num_heads=c.heads,
-            encoder_attention_dropout=c.attention_dropout,
-            encoder_ff_interm_features=c.ffn,
-            encoder_ff_interm_dropout=c.activation_dropout,
-            encoder_dropout=c.dropout,
-            encoder_layer_norm_first=c.layer_norm_first,
-            encoder_layer_drop=c.layerdrop,
-            aux_num_out=None,
-        )
+        w2v = wav2vec2_model(**c.torchaudio_args(), aux_num_out=None)
         self.feature_extractor = w2v.feature_extractor
         self.encoder = w2v.encoder
         if c.frontend == "fbank":
@@ -127,24 +118,24 @@ class Encoder(nn.Module):
         elif c.frontend != "cnn":
             raise ValueError(f"unknown front-end {c.frontend!r}; choose 'cnn' or 'fbank'")
 
-    def features(self, waves, lengths):
-        """The front-end alone (CNN or Fbank): (waves [B, S], lengths [B]) -> (feats [B, T, C], frame_lengths [B])."""
+    def frontend(self, waves, lengths):
+        """The front-end alone (CNN or Fbank): (waves [B, S], lengths [B]) -> (features [B, T, C], frame_lengths [B])."""
         if self.config.normalize_waveform:
             waves = normalize_waveform(waves, lengths)
         return self.feature_extractor(waves, lengths)
 
-    def frontend(self, waves, lengths, features=None):
+    def transformer_input(self, waves, lengths, features=None):
         """(waves [B, S], lengths [B]) -> transformer input [B, T, D] (padding zeroed), frame_lengths [B].
-        features: the front-end's output (feats, frame_lengths) when already computed (FrontendCache)."""
-        feats, frame_lengths = features if features is not None else self.features(waves, lengths)
+        features: the front-end's output (features, frame_lengths) when already computed (caches.FrontendCache)."""
+        feats, frame_lengths = features if features is not None else self.frontend(waves, lengths)
         x = self.encoder.feature_projection(feats)  # layer norm, Linear(C -> D), dropout (Identity for Fbank)
         x = x.masked_fill(padding_mask(frame_lengths, x.shape[1])[..., None], 0.0)  # (B, T, D)
         return x, frame_lengths
 
     def forward(self, waves, lengths, num_layers=None, features=None):
         """(waves [B, S], lengths [B]) -> (hidden_states: list of L+1 x [B, T, D], frame_lengths [B]);
-        features: see frontend."""
-        x, frame_lengths = self.frontend(waves, lengths, features)
+        features: see transformer_input."""
+        x, frame_lengths = self.transformer_input(waves, lengths, features)
         return self.transformer_layers(x, frame_lengths, num_layers)
 
     def transformer_layers(self, x, frame_lengths, num_layers=None):
@@ -173,36 +164,6 @@ class Encoder(nn.Module):
         if not t.layer_norm_first and len(hidden) == len(t.layers) + 1:
             hidden[-1] = t.layer_norm(x)
         return hidden, frame_lengths
-
-
-class FrontendCache:
-    """A frozen CNN front-end's output for each utterance it is given (training, and finetune.py's
-    dev set), computed once, on first use (finetune.py and distill.py --cache-frontend).
-
-    Fine-tuning never trains the CNN (fairseq's recipe) and sees a small labelled set for many
-    epochs; distillation with a frozen CNN (the authors' feature_grad_mult 0) sees the same audio
-    every epoch: running the CNN each step repeats the same work (the toy D&T student spends ~24%
-    of a fine-tuning step in its CNN, and ~44% of a distillation step, where the CNN trains, in its
-    forward and backward: 705 vs 393 ms a step). Each utterance is computed alone, unpadded: HuBERT
-    Base's GroupNorm CNN gives features a little different from a padded batch's (see the README's
-    "Padding and GroupNorm"), the same for every epoch. Only CNN front-ends: the Fbank
-    front-end's dropout and SpecAugment differ every step."""
-
-    def __init__(self, encoder):
-        if encoder.config.frontend != "cnn":
-            raise ValueError("--cache-frontend: only CNN front-ends (the Fbank front-end has dropout/SpecAugment)")
-        self.encoder, self.store = encoder, {}
-
-    @torch.no_grad()
-    def __call__(self, ids, waves, lengths):
-        """The batch's front-end output (feats [B, T, C], frame_lengths [B]), zero-padded, on waves' device."""
-        for uid, wave, n in zip(ids, waves, lengths.tolist()):
-            if uid not in self.store:
-                feats, _ = self.encoder.features(wave[None, :n], torch.tensor([n], device=waves.device))
-                self.store[uid] = feats[0].float()  # (T, C)
-        feats = [self.store[uid] for uid in ids]
-        frame_lengths = torch.tensor([len(f) for f in feats], device=waves.device)
-        return nn.utils.rnn.pad_sequence(feats, batch_first=True), frame_lengths
 
 
 def padding_mask(frame_lengths, T):
@@ -238,8 +199,7 @@ class Teacher(nn.Module):
 
     def __init__(self, encoder: Encoder, head: PredictionHead = None):
         super().__init__()
-        self.encoder = encoder
-        self.head = head
+        self.encoder, self.head = encoder, head
         self.requires_grad_(False)
         self.eval()
 
@@ -276,14 +236,12 @@ def head_from_state(state, dim):
     """PredictionHead from {"final_proj.weight", "final_proj.bias", "codewords"}, or None."""
     if not state:
         return None
-    K, final_dim = state["codewords"].shape
-    head = PredictionHead(dim, final_dim, K)
+    head = PredictionHead(dim, state["codewords"].shape[1], state["codewords"].shape[0])
     head.load_state_dict(state)
     return head
 
 
-def state_dict_error(e):
-    """The informative part of load_state_dict's RuntimeError, on one line."""
+def state_dict_error(e):  # the informative part of load_state_dict's RuntimeError, on one line
     return " ".join(str(e).split()).replace("Error(s) in loading state_dict for ", "")[:300]
 
 
@@ -300,15 +258,10 @@ def load_encoder_state(config, state, path):
 
 
 def load_teacher(src: str) -> Teacher:
-    """A frozen teacher (eval mode, no gradients) from any of these sources:
-
-    - a fairseq HuBERT checkpoint, pre-trained (hubert_base_ls960.pt: with its prediction head)
-      or fine-tuned (hubert_large_ll60k_finetune_ls960.pt: no head);
-    - a Hugging Face model folder (config.json + model.safetensors or pytorch_model.bin);
-    - a torchaudio bundle whose weights are already in the torch hub cache, e.g.
-      torchaudio:HUBERT_BASE (nothing is downloaded);
-    - a checkpoint of this project (kind teacher, student or ctc).
-    """
+    """A frozen teacher (eval mode, no gradients) from a fairseq HuBERT checkpoint (pre-trained, with
+    its prediction head, or fine-tuned), a Hugging Face folder (config.json + weights), a torchaudio
+    bundle already in the torch hub cache (torchaudio:HUBERT_BASE; nothing is downloaded), or a
+    checkpoint of this project (kind teacher, student or ctc)."""
     if src.startswith("torchaudio:"):
         foreign = checkpoints.read_torchaudio(src[len("torchaudio:"):])
     elif os.path.isdir(src):
@@ -349,9 +302,8 @@ class Preset:
     note: str = ""
 
 
-# Dropout inside the students' FFN: the authors' distiller default (s3prl fork, upstream/distiller/
-# model.py: `config.get("activation_dropout", 0.1)`, not overridden by any of their YAMLs) and
-# DistilHuBERT's. Teachers keep their checkpoint's value; EncoderConfig's default 0.0 stays.
+# Dropout inside the students' FFN: the authors' distiller default (upstream/distiller/model.py of their
+# s3prl fork, no YAML overrides it) and DistilHuBERT's. Teachers keep their checkpoint's value.
 STUDENT_ACTIVATION_DROPOUT = 0.1
 
 PRESETS = {
@@ -365,9 +317,8 @@ PRESETS = {
                               "layerwise", "none", "D&T with Fbank front-end"),
     "tiny": Preset(dict(dim=64, layers=2, ffn=128, heads=2, pos_conv_kernel=16, pos_conv_groups=4),
                    "last", "cnn", "for tests and quick CPU runs"),
-    # The demo's students, in the paper's proportions to demo.py's toy teacher (12 x 160, FFN 640,
-    # 4 heads, HuBERT's CNN with 128 channels: HuBERT Base in miniature): S&W = 2 teacher layers,
-    # D&T = 12 layers at 0.6 x the width with FFN = width (480 / 768 in the paper).
+    # The demo's students, in the paper's proportions to its toy teacher (12 x 160, FFN 640, CNN 128):
+    # S&W = 2 teacher layers, D&T = 12 layers at 0.6 x the width with FFN = width (480 / 768).
     "toy-distilhubert": Preset(dict(dim=160, layers=2, ffn=640, heads=4, conv_layers=hubert_cnn(128)), "last", "layers",
                                "S&W for demo.py's toy teacher (26% of its 4.20M)"),
     "toy-fithubert": Preset(dict(dim=96, layers=12, ffn=96, heads=4, conv_layers=hubert_cnn(128)), "layerwise", "cnn",
@@ -431,8 +382,7 @@ def build_student(preset, teacher=None, **overrides) -> Encoder:
 
 
 def init_from_teacher(student: Encoder, teacher: Encoder, copy_layers: bool):
-    """Copy the teacher's CNN (if same shape) and, for S&W, projection, positional conv and the
-    first L transformer layers (DistilHuBERT's initialisation)."""
+    """Copy the teacher's CNN and, for S&W, projection, positional conv and first L layers (DistilHuBERT's)."""
     s, t = student.config, teacher.config
     if s.frontend == "cnn":
         student.feature_extractor.load_state_dict(teacher.feature_extractor.state_dict())
@@ -468,16 +418,11 @@ class CTCConfig:
 
 
 def span_mask(lengths, size, prob, span, min_spans=0):
-    """Random spans to mask, like fairseq's compute_mask_indices with "static" spans.
-
-    Row b gets prob * lengths[b] / span spans (rounded at random, at least min_spans), each
-    `span` positions long and starting uniformly inside its first lengths[b] positions; nothing
-    at or beyond lengths[b] (padding) is masked. Spans may overlap, so the masked share is below
-    prob: about 1 - exp(-prob) on long rows (0.53 for prob 0.75). Unlike fairseq, rows keep their
-    own span counts (fairseq trims every row to the batch's smallest count) and a count that
-    rounds to zero masks nothing (where fairseq and torchaudio raise an IndexError).
-    lengths [B] long -> bool [B, size], True = masked.
-    """
+    """Random spans to mask, like fairseq's compute_mask_indices with "static" spans: lengths [B]
+    long -> bool [B, size], True = masked. Row b gets prob * lengths[b] / span spans (rounded at
+    random, at least min_spans) of `span` positions, starting uniformly inside its real positions;
+    padding is never masked. Spans overlap, so about 1 - exp(-prob) of a long row is masked. Unlike
+    fairseq, rows keep their own span counts and a count of zero masks nothing (no IndexError)."""
     device = lengths.device
     num = (prob * lengths / span + torch.rand(lengths.shape, device=device)).long().clamp(min=min_spans)  # (B,)
     N = max(int(num.max()), 1)
@@ -491,9 +436,8 @@ def span_mask(lengths, size, prob, span, min_spans=0):
 
 class CTCModel(nn.Module):
     """An encoder with a linear CTC head over the characters (fairseq's HubertCtc, transformers'
-    HubertForCTC). In training mode the transformer input is masked as in fairseq's fine-tuning
-    (SpecAugment on the front-end's features): time spans of real frames take a learned
-    embedding, channel spans are zeroed; in eval mode nothing is masked."""
+    HubertForCTC). In training the transformer input is masked as in fairseq's fine-tuning: time
+    spans of real frames take a learned embedding, channel spans are zeroed."""
 
     def __init__(self, encoder: Encoder, config: CTCConfig = None):
         super().__init__()
@@ -521,8 +465,9 @@ class CTCModel(nn.Module):
         return x
 
     def forward(self, waves, lengths, features=None):
-        """(waves [B, S], lengths [B]) -> (log-probs [B, T, V], frame_lengths [B]); features: see Encoder.frontend."""
-        x, frame_lengths = self.encoder.frontend(waves, lengths, features)  # (B, T, D)
+        """(waves [B, S], lengths [B]) -> (log-probs [B, T, V], frame_lengths [B]); features: see
+        Encoder.transformer_input."""
+        x, frame_lengths = self.encoder.transformer_input(waves, lengths, features)  # (B, T, D)
         if self.training:
             x = self.apply_mask(x, frame_lengths)
         hidden, frame_lengths = self.encoder.transformer_layers(x, frame_lengths)
@@ -546,10 +491,8 @@ def preset_table():
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Print the student presets (encoder parameters, "
-                                     "HuBERT CNN, distillation heads not counted).",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.parse_args(argv)
+    argparse.ArgumentParser(description="Print the student presets (encoder parameters, HuBERT CNN, "
+                            "distillation heads not counted).").parse_args(argv)
     print(preset_table())
 
 

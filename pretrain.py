@@ -20,15 +20,14 @@ distillation loss uses: `model.load_teacher("OUT/teacher.pt").head`.
 
     python pretrain.py --data corpus/train --out-dir runs/teacher --max-steps 500
 """
-import argparse
 import os
-import random
-import sys
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 import torchaudio
+from torch import nn
 from torchaudio.models import hubert_pretrain_model
 from torchaudio.models.wav2vec2 import components
 from tqdm import tqdm
@@ -36,8 +35,9 @@ from tqdm import tqdm
 import checkpoints
 import data
 import model
-from runtime import (Logger, add_parts, all_finite, batch_stream, lr_at, mean_parts, rng_state, set_rng_state,
-                     start_run)
+import runtime
+from runtime import (GracefulStop, Logger, RunState, add_parts, last_step, lr_at, mean_parts, read_batch,
+                     reached_max_steps, save, set_lr, setup, start_run, stop_if_asked, stop_unless_finite)
 
 # ----------------------------------------------------------------------------------------------
 # Constants (HuBERT Base unless said otherwise)
@@ -55,8 +55,7 @@ LOGIT_TEMP = 0.1           # HuBERT's cosine temperature (torchaudio _compute_lo
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = runtime.make_parser(__doc__)
     g = p.add_argument_group("data")
     g.add_argument("--data", nargs="+", required=True,
                    help="LibriSpeech-layout folders and/or fairseq .tsv manifests (transcripts not needed)")
@@ -74,31 +73,14 @@ def parse_args(argv=None):
     g.add_argument("--kmeans-frames", type=int, default=100_000,
                    help="frames sampled for fitting k-means (HuBERT: 10%% of the data), frames")
     g.add_argument("--kmeans-iters", type=int, default=30, help="Lloyd iterations of k-means (upper bound)")
-    g = p.add_argument_group("model")
-    g.add_argument("--layers", type=int, default=4, help="transformer layers (HuBERT Base: 12)")
-    g.add_argument("--dim", type=int, default=256, help="transformer width (HuBERT Base: 768)")
-    g.add_argument("--ffn", type=int, default=1024, help="feed-forward inner width (HuBERT Base: 3072)")
-    g.add_argument("--heads", type=int, default=4, help="attention heads (HuBERT Base: 12)")
-    # The 512-channel CNN costs 13x the 4 x 256 transformer on a CPU (15.5 s vs 2.5 s per 32 s
-    # batch on 2 cores); at 128 channels it costs about as much as the transformer, so the
-    # CNN-vs-Fbank comparison of the paper still means something on the toy teacher.
-    g.add_argument("--conv-dim", type=int, default=128, help="CNN channels per layer (HuBERT: 512)")
-    g.add_argument("--pos-conv-kernel", type=int, default=128, help="positional conv kernel, frames (HuBERT: 128)")
-    g.add_argument("--pos-conv-groups", type=int, default=16, help="positional conv groups (HuBERT: 16)")
-    g.add_argument("--final-dim", type=int, default=256, help="final_proj / codeword width (HuBERT: 256)")
-    # HuBERT Base uses 0.1 dropout and 0.05 layerdrop for 400k steps on 960 h; a few epochs of a
-    # toy corpus underfit rather than overfit (dropout 0.1: acc_m 16.2% vs 17.7% after 400 steps).
-    g.add_argument("--dropout", type=float, default=0.0, help="dropout, also on attention (HuBERT: 0.1)")
-    g.add_argument("--layerdrop", type=float, default=0.0, help="probability of skipping a layer (HuBERT: 0.05)")
+    add_model_args(p.add_argument_group("model"))
     g = p.add_argument_group("loss")
     g.add_argument("--mask-prob", type=float, default=0.8,
                    help="share of frames that start a masked span, before overlaps (HuBERT: 0.8)")
     g.add_argument("--mask-length", type=int, default=10, help="masked span, frames (HuBERT: 10)")
-    # HuBERT Base predicts masked frames only. Trained so, the toy sits at the unit prior for
-    # ~500 steps whatever the lr (acc_m 4.8% after 400 steps of 32 s, 12% after 1200); with the
-    # unmasked loss it learns at once (these defaults: acc_m 21%, acc_u 48% after 400 steps;
-    # weight 0.5: 15-18%; sweep on a 0.56 h toy corpus). And distillation reads the head on
-    # unmasked input, which only the unmasked loss trains.
+    # HuBERT Base predicts masked frames only. Trained so, the toy sits at the unit prior for its
+    # first few hundred steps; with the unmasked loss it learns at once (results/NOTES.md, "Toy
+    # teacher sizing"). And distillation reads the head on unmasked input, which only this loss trains.
     g.add_argument("--unmasked-weight", type=float, default=1.0,
                    help="weight of the loss on unmasked frames (HuBERT Base: 0)")
     g.add_argument("--feature-penalty", type=float, default=10.0,
@@ -107,7 +89,6 @@ def parse_args(argv=None):
                    help="gradient scale into the CNN, 1 = unscaled (HuBERT: 0.1, for stability over 400k "
                         "steps; the toy's few hundred steps want the CNN to learn at full rate)")
     g = p.add_argument_group("optim")
-    # 400 steps x 32 s = 3.6 h of audio: ~10 min on 2 CPU cores at ~21x real time (4 x 256, CNN 128).
     g.add_argument("--max-steps", type=int, default=400, help="optimizer steps per iteration")
     g.add_argument("--lr", type=float, default=2e-3,
                    help="peak learning rate (HuBERT Base: 5e-4 with 2800 s batches; the small toy "
@@ -118,17 +99,29 @@ def parse_args(argv=None):
     g.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (HuBERT)")
     g.add_argument("--clip", type=float, default=10.0, help="gradient norm clip (HuBERT: 10)")
     g = p.add_argument_group("io")
-    g.add_argument("--out-dir", required=True, help="folder for teacher.pt, checkpoint.pt, log.jsonl, args.json")
-    g.add_argument("--resume", action=argparse.BooleanOptionalAction, default=False,
-                   help="continue exactly from OUT/checkpoint.pt")
-    g.add_argument("--log-every", type=int, default=10, help="steps between progress lines")
+    runtime.add_io_args(g, "teacher.pt, checkpoint.pt, log.jsonl, args.json")
     g.add_argument("--save-every", type=int, default=100, help="steps between checkpoints")
-    g.add_argument("--seed", type=int, default=0, help="random seed")
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     args = p.parse_args(argv)
     if not 0 < args.mask_prob <= 1:
         p.error("--mask-prob must be in (0, 1]: masked prediction needs masked frames")
     return args
+
+
+def add_model_args(g):
+    g.add_argument("--layers", type=int, default=4, help="transformer layers (HuBERT Base: 12)")
+    g.add_argument("--dim", type=int, default=256, help="transformer width (HuBERT Base: 768)")
+    g.add_argument("--ffn", type=int, default=1024, help="feed-forward inner width (HuBERT Base: 3072)")
+    g.add_argument("--heads", type=int, default=4, help="attention heads (HuBERT Base: 12)")
+    # 128 channels: on a CPU the CNN then costs about as much as the toy transformer, so the paper's
+    # CNN-vs-Fbank comparison still means something (results/NOTES.md, "Toy teacher sizing").
+    g.add_argument("--conv-dim", type=int, default=128, help="CNN channels per layer (HuBERT: 512)")
+    g.add_argument("--pos-conv-kernel", type=int, default=128, help="positional conv kernel, frames (HuBERT: 128)")
+    g.add_argument("--pos-conv-groups", type=int, default=16, help="positional conv groups (HuBERT: 16)")
+    g.add_argument("--final-dim", type=int, default=256, help="final_proj / codeword width (HuBERT: 256)")
+    # HuBERT Base uses 0.1 dropout and 0.05 layerdrop for 400k steps on 960 h; a few epochs of a
+    # toy corpus underfit rather than overfit (results/NOTES.md, "Toy teacher sizing").
+    g.add_argument("--dropout", type=float, default=0.0, help="dropout, also on attention (HuBERT: 0.1)")
+    g.add_argument("--layerdrop", type=float, default=0.0, help="probability of skipping a layer (HuBERT: 0.05)")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -149,7 +142,7 @@ def mfcc_features(wave):
 @torch.no_grad()
 def layer_features(encoder, layer, wave):
     """wave [S] -> [T, D] hidden states of `layer`, one utterance at a time so that padding never
-    touches the first CNN layer's GroupNorm (see DESIGN.md, conventions)."""
+    touches the first CNN layer's GroupNorm (README, "Padding and GroupNorm")."""
     device = next(encoder.parameters()).device
     hidden, _ = encoder(wave[None].to(device), torch.tensor([len(wave)], device=device), num_layers=layer)
     return hidden[layer][0].cpu()
@@ -266,15 +259,8 @@ def encoder_config(args):
 
 def build_hubert(config, num_classes, args):
     """torchaudio.models.hubert_pretrain_model with the shape of `config` and HuBERT's masking."""
-    c = config
     return hubert_pretrain_model(
-        extractor_mode=c.extractor_mode, extractor_conv_layer_config=[tuple(x) for x in c.conv_layers],
-        extractor_conv_bias=c.conv_bias, encoder_embed_dim=c.dim, encoder_projection_dropout=c.dropout,
-        encoder_pos_conv_kernel=c.pos_conv_kernel, encoder_pos_conv_groups=c.pos_conv_groups,
-        encoder_num_layers=c.layers, encoder_num_heads=c.heads, encoder_attention_dropout=c.attention_dropout,
-        encoder_ff_interm_features=c.ffn, encoder_ff_interm_dropout=c.activation_dropout,
-        encoder_dropout=c.dropout, encoder_layer_norm_first=c.layer_norm_first,
-        encoder_layer_drop=c.layerdrop,
+        **config.torchaudio_args(),
         mask_prob=args.mask_prob, mask_selection="static", mask_other=0.0, mask_length=args.mask_length,
         no_mask_overlap=False, mask_min_space=1, mask_channel_prob=0.0, mask_channel_selection="static",
         mask_channel_other=0.0, mask_channel_length=10, no_mask_channel_overlap=False,
@@ -288,8 +274,8 @@ def masked_prediction(hubert, waves, lengths, labels):
     projections with the normalised codewords over all K units, [N, K], target = the unit.
 
     torchaudio's _compute_logits builds a (K+1, N, final_dim) tensor of "positive + negatives"
-    (positive at index 0, the duplicate set to -inf) and costs 1.9 s of a 2.5 s CPU step; the
-    cross-entropy is the same (test_masked_prediction_matches_torchaudio).
+    (positive at index 0, the duplicate set to -inf), most of a CPU step; the cross-entropy is the
+    same (test_masked_prediction_matches_torchaudio).
     (waves [B, S], lengths [B], labels [B, T]) -> dict of logits_m [Nm, K], units_m [Nm],
     logits_u [Nu, K], units_u [Nu], feature_penalty [] (mean squared CNN output).
     """
@@ -336,18 +322,31 @@ def teacher_checkpoint(hubert, config, targets, args):
 # Main
 
 
-def main(args):
-    auto = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(auto if args.device == "auto" else args.device)
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    start_run(args, rank=0)
-    ckpt_path = os.path.join(args.out_dir, "checkpoint.pt")
-    resume = checkpoints.load_checkpoint(ckpt_path) if args.resume and os.path.exists(ckpt_path) else None
-    if args.resume and resume is None:
-        print(f"--resume: no {ckpt_path} yet, starting from scratch", flush=True)
+@dataclass(kw_only=True)
+class Run(RunState):
+    """One HuBERT iteration's training: main makes it, train_iteration steps it."""
+    hubert: nn.Module                    # torchaudio's HuBERTPretrainModel
+    iteration: int                       # 1: MFCC units, 2: units of the iteration-1 model's layer
+    config: model.EncoderConfig          # the network's shape, stored in the teacher checkpoint
+    targets: dict                        # how the units were made, incl. "centroids" (k-means, [K, F])
 
+    def network(self):
+        return self.hubert
+
+    def checkpoint(self, full):
+        """The teacher (teacher.pt, iter1.pt); full: the HuBERT pre-training model and its units."""
+        if full:
+            return {"iteration": self.iteration, "hubert": self.hubert.state_dict(),
+                    "centroids": self.targets["centroids"], "args": vars(self.args)}
+        return teacher_checkpoint(self.hubert, self.config, self.targets, self.args)
+
+
+def main(args):
+    device, rank, world = setup(args)
+    if world > 1:
+        raise ValueError("pretrain.py trains on one process; run it without torchrun")
+    start_run(args, rank)
+    ckpt_path, resume = runtime.find_resume(args, rank, world)
     utterances = data.load_corpus(args.data)
     loader, sampler = data.make_loader(utterances, args.batch_seconds, shuffle=True, seed=args.seed,
                                        num_workers=args.num_workers)
@@ -358,35 +357,32 @@ def main(args):
     config = encoder_config(args)
     hop = int(np.prod([stride for _, _, stride in config.conv_layers]))
     if hop != FRAME_HOP:
-        sys.exit(f"error: the CNN hop is {hop} samples; the 50 Hz labels need {FRAME_HOP}")
+        raise ValueError(f"the CNN hop is {hop} samples; the 50 Hz labels need {FRAME_HOP}")
     hours = sum(u.num_samples for u in utterances) / data.SAMPLE_RATE / 3600
     print(f"{len(utterances)} utterances, {hours:.2f} h, {len(sampler)} batches/epoch | device {device}", flush=True)
-
-    first = resume["iteration"] if resume else 1
-    for iteration in range(first, args.iterations + 1):
+    for iteration in range(resume["iteration"] if resume else 1, args.iterations + 1):
         state = resume if resume and resume["iteration"] == iteration else None
         labels, targets = iteration_targets(iteration, args, utterances, config.conv_layers, device,
                                             state["centroids"] if state else None)
-        centroids = targets["centroids"]
-        hubert = build_hubert(config, len(centroids), args).to(device)
+        hubert = build_hubert(config, len(targets["centroids"]), args).to(device)
         optimizer = torch.optim.AdamW(hubert.parameters(), lr=args.lr, betas=tuple(args.betas), eps=args.eps,
                                       weight_decay=args.weight_decay)
-        step, data_state = 0, {"epoch": 0, "skip": 0}
+        run = Run(args=args, device=device, rank=rank, world=world, ckpt_path=ckpt_path, optimizer=optimizer,
+                  hubert=hubert, iteration=iteration, config=config, targets=targets)
         if state:
             hubert.load_state_dict(state["hubert"])
-            optimizer.load_state_dict(state["optimizer"])
-            step, data_state = state["step"], dict(state["data_state"])
-            set_rng_state(state["rng"])
-            print(f"resumed from {ckpt_path} at iteration {iteration}, step {step}", flush=True)
+        runtime.start(run, state, loader, sampler)
+        if state:
+            print(f"resumed from {ckpt_path} at iteration {iteration}, step {run.step}", flush=True)
         print(f"iteration {iteration}: HuBERT {config.layers}x{config.dim}, CNN {config.conv_layers[0][0]} "
-              f"channels, {model.count_parameters(hubert) / 1e6:.2f}M parameters, {len(centroids)} units "
-              f"from {targets['features']}", flush=True)
-        train_iteration(args, iteration, hubert, optimizer, labels, centroids,
-                        batch_stream(loader, sampler, data_state), step, data_state, device, ckpt_path)
+              f"channels, {model.count_parameters(hubert) / 1e6:.2f}M parameters, {len(targets['centroids'])} "
+              f"units from {targets['features']}", flush=True)
+        train_iteration(run, labels)
+        if not reached_max_steps(run):  # --stop-after: checkpoint.pt holds the state
+            return
         name = "teacher.pt" if iteration == args.iterations else f"iter{iteration}.pt"
-        out_path = os.path.join(args.out_dir, name)
-        checkpoints.save_checkpoint(teacher_checkpoint(hubert, config, targets, args), out_path)
-        print(f"iteration {iteration} done: {out_path}", flush=True)
+        save(run, os.path.join(args.out_dir, name), full=False)
+        print(f"iteration {iteration} done: {os.path.join(args.out_dir, name)}", flush=True)
         resume = None
     print(f"done: {os.path.join(args.out_dir, 'teacher.pt')} (teacher for distill.py --teacher)", flush=True)
 
@@ -415,45 +411,44 @@ def iteration_targets(iteration, args, utterances, cnn, device, saved_centroids=
     return labels, targets
 
 
-def train_iteration(args, iteration, hubert, optimizer, labels, centroids, batches, step, data_state, device,
-                    ckpt_path):
-    """Masked prediction from `step` to --max-steps, logged, with checkpoints for --resume."""
+def train_iteration(run, labels):
+    """Masked prediction from run.step to --max-steps (or --stop-after), logged, with checkpoints for
+    --resume; Ctrl-C stops at the next step with a checkpoint."""
+    args, hubert, optimizer, device = run.args, run.hubert, run.optimizer, run.device
     logger = Logger(args.out_dir, args.max_steps, rank=0)
-    last_log, interval = step, {}  # the logged values: means over the steps since the last line (add_parts)
+    last_log, interval = run.step, {}  # the logged values: means over the steps since the last line (add_parts)
+    stop_at = last_step(run)
     hubert.train()
-    while step < args.max_steps:
-        lr = lr_at(step, args.max_steps, args.lr, args.warmup)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        batch = next(batches)
-        waves, lengths = batch["waves"].to(device), batch["lengths"].to(device)
-        out = masked_prediction(hubert, waves, lengths, batch_labels(batch["ids"], labels).to(device))
-        loss_m = F.cross_entropy(out["logits_m"], out["units_m"])
-        loss = loss_m + args.feature_penalty * out["feature_penalty"]
-        if args.unmasked_weight > 0 and len(out["units_u"]):  # a short utterance can be all masked
-            loss = loss + args.unmasked_weight * F.cross_entropy(out["logits_u"], out["units_u"])
-        if not all_finite(loss.detach(), device, 1):
-            sys.exit(f"error: non-finite loss ({loss.item()}) at iteration {iteration}, step {step + 1}; "
-                     f"the last good checkpoint is {ckpt_path}; try a lower --lr")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(hubert.parameters(), args.clip)
-        optimizer.step()
-        step += 1
-        logger.add_audio(lengths.sum().item() / data.SAMPLE_RATE)
-        with torch.no_grad():
-            values = {"loss": loss.item(), "ce_m": loss_m.item(),
-                      "acc_m": accuracy(out["logits_m"], out["units_m"]),
-                      "acc_u": accuracy(out["logits_u"], out["units_u"]), "grad_norm": float(grad_norm)}
-        add_parts(interval, values)
-        if step % args.log_every == 0 or step == args.max_steps:
-            logger.log(step, step - last_log, iter=iteration, **mean_parts(interval), lr=lr)
-            last_log, interval = step, {}
-        if step % args.save_every == 0 or step == args.max_steps:  # data_state: advanced by `batches`
-            checkpoints.save_checkpoint({"iteration": iteration, "step": step, "hubert": hubert.state_dict(),
-                                         "optimizer": optimizer.state_dict(), "data_state": dict(data_state),
-                                         "rng": rng_state(), "centroids": centroids, "args": vars(args)}, ckpt_path)
+    with GracefulStop() as stopper:
+        while run.step < stop_at:
+            stop_if_asked(stopper, run)
+            lr = lr_at(run.step, args.max_steps, args.lr, args.warmup)
+            set_lr(optimizer, lr)
+            batch = read_batch(run)
+            waves, lengths = batch["waves"].to(device), batch["lengths"].to(device)
+            out = masked_prediction(hubert, waves, lengths, batch_labels(batch["ids"], labels).to(device))
+            loss_m = F.cross_entropy(out["logits_m"], out["units_m"])
+            loss = loss_m + args.feature_penalty * out["feature_penalty"]
+            if args.unmasked_weight > 0 and len(out["units_u"]):  # a short utterance can be all masked
+                loss = loss + args.unmasked_weight * F.cross_entropy(out["logits_u"], out["units_u"])
+            stop_unless_finite(run, loss, {"loss": loss.item(), "iteration": run.iteration}, "Try a lower --lr")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(hubert.parameters(), args.clip)
+            optimizer.step()
+            run.step += 1
+            logger.add_audio(lengths.sum().item() / data.SAMPLE_RATE)
+            with torch.no_grad():
+                values = {"loss": loss.item(), "ce_m": loss_m.item(),
+                          "acc_m": accuracy(out["logits_m"], out["units_m"]),
+                          "acc_u": accuracy(out["logits_u"], out["units_u"]), "grad_norm": float(grad_norm)}
+            add_parts(interval, values)
+            if run.step % args.log_every == 0 or run.step == args.max_steps:
+                logger.log(run.step, run.step - last_log, iter=run.iteration, **mean_parts(interval), lr=lr)
+                last_log, interval = run.step, {}
+            if run.step % args.save_every == 0 or run.step == stop_at:
+                save(run, run.ckpt_path)
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    runtime.run_main(main, parse_args)

@@ -11,6 +11,7 @@ and resume bit-exactly (checkpoints keep every rank's RNG state and the data pos
             if runtime.any_rank(stopper.requested, device, world):
                 ...save a checkpoint, then runtime.finish(130, "interrupted ...", rank, world)
 """
+import argparse
 import contextlib
 import json
 import os
@@ -27,7 +28,50 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+import checkpoints
 import data
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown once, after each flag's help (none for flags without one); the epilog's
+    examples keep their lines."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
+def make_parser(doc):
+    """An ArgumentParser whose description is the docstring's first line and whose epilog is its
+    last paragraph, the usage examples."""
+    return argparse.ArgumentParser(description=doc.split("\n")[0], epilog="examples:\n" + doc.strip().split("\n\n")[-1],
+                                   formatter_class=HelpFormatter)
+
+
+def add_io_args(g, outputs, required=True):
+    """The flags every driver shares: where its files go, resuming, logging, seed, device."""
+    g.add_argument("--out-dir", required=required, help=f"folder for {outputs}")
+    g.add_argument("--resume", action=argparse.BooleanOptionalAction, default=False,
+                   help="continue exactly from OUT/checkpoint.pt")
+    g.add_argument("--log-every", type=int, default=10, help="steps between progress lines")
+    g.add_argument("--stop-after", type=int, help="end this run after N more steps, with a checkpoint to "
+                   "--resume from (time-boxed jobs); the LR schedule still spans --max-steps")
+    g.add_argument("--seed", type=int, default=0, help="random seed (rank r uses seed + r)")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+
+
+def run_main(main, parse_args):
+    """A driver's `python x.py`: our own checks' errors as one line without a traceback; a second
+    Ctrl-C (the first one saves, see GracefulStop) exits 130."""
+    try:
+        main(parse_args())
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        sys.exit(130)
+
 
 # ----------------------------------------------------------------------------------------------
 # Device, process group, run folder
@@ -95,19 +139,108 @@ def batch_stream(loader, sampler, state):
 
 @dataclass(kw_only=True)
 class RunState:
-    """What every driver's loop carries between steps and saves for --resume; a driver's Run adds
-    its networks (distill.Run, finetune.Run)."""
+    """What every driver's loop carries between steps and saves for --resume. A driver's Run adds its
+    networks and says how they are saved (network, checkpoint); the helpers below do the rest."""
     args: object                         # the parsed command line
     device: torch.device
     rank: int                            # this process (0 without torchrun)
     world: int                           # processes
     ckpt_path: str                       # OUT/checkpoint.pt: the state to --resume from
     optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler
+    scaler: torch.amp.GradScaler = None  # fp16 loss scaling (disabled unless --precision fp16)
     batches: object = None               # endless batch iterator (batch_stream)
     step: int = 0                        # optimizer steps done
     data_state: dict = field(default_factory=lambda: {"epoch": 0, "skip": 0})  # position in the data
     saved_step: int = None               # step of the last checkpoint written this run (None: none)
+
+    def network(self):
+        """The trained module, whose parameters must agree across ranks."""
+        raise NotImplementedError
+
+    def checkpoint(self, full):
+        """The networks as plain data (a dict for checkpoints.save_checkpoint); full: for --resume."""
+        raise NotImplementedError
+
+
+def find_resume(args, rank, world):
+    """(OUT/checkpoint.pt, its contents with --resume or None); every rank must find the same one."""
+    ckpt_path = os.path.join(args.out_dir, "checkpoint.pt")
+    resume = checkpoints.load_checkpoint(ckpt_path) if args.resume and os.path.exists(ckpt_path) else None
+    if args.resume and resume is None and rank == 0:
+        print(f"--resume: no {ckpt_path} yet, starting from scratch", flush=True)
+    check_same_start(resume, world)
+    return ckpt_path, resume
+
+
+def start(run, resume, loader, sampler):
+    """Restore optimizer, scaler, step, data position and this rank's RNG state from `resume` (if
+    any), then start the batch stream. Call it last: after everything that draws random numbers."""
+    if resume:
+        run.optimizer.load_state_dict(resume["optimizer"])
+        if run.scaler is not None:
+            run.scaler.load_state_dict(resume["scaler"])
+        run.step = run.saved_step = resume["step"]
+        run.data_state = dict(resume["data_state"])
+        set_rng_state(resume["rng"][run.rank % len(resume["rng"])])  # exact with the same world size
+    run.batches = batch_stream(loader, sampler, run.data_state)  # advances run.data_state
+
+
+def wrap_ddp(module, device, world, find_unused):
+    """DistributedDataParallel around `module` under torchrun, else the module itself."""
+    if world == 1:
+        return module
+    return nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None,
+                                               find_unused_parameters=find_unused)
+
+
+def adamw(params, args):
+    """AdamW from the driver's --lr, --betas, --eps, --weight-decay; fused: one kernel over all
+    tensors instead of a dozen small ops per tensor (a 12-layer student has ~200)."""
+    return torch.optim.AdamW(params, lr=args.lr, betas=tuple(args.betas), eps=args.eps,
+                             weight_decay=args.weight_decay, fused=True)
+
+
+def save(run, path, full=True):
+    """Every rank calls it (a full checkpoint gathers the RNG states); rank 0 writes. full: the whole
+    state for --resume; else the networks alone (student.pt, best.pt, teacher.pt)."""
+    check_ranks_agree(run.network(), run.world)
+    rngs = gather_rng(run.world) if full else None
+    if run.rank != 0:
+        return
+    ckpt = run.checkpoint(full)
+    if full:
+        ckpt.update(step=run.step, optimizer=run.optimizer.state_dict(), data_state=dict(run.data_state), rng=rngs,
+                    scaler=run.scaler.state_dict() if run.scaler is not None else None)
+        run.saved_step = run.step
+    checkpoints.save_checkpoint(ckpt, path)
+
+
+def read_batch(run):
+    """The next batch (a dict, on the CPU); unreadable audio on any rank stops every rank, with the
+    state before this step saved."""
+    batch, error = next_batch(run.batches)
+    if any_rank(error, run.device, run.world):
+        stop_on_bad_audio(run, error)
+    return batch
+
+
+def stop_on_bad_audio(run, error):
+    """Every rank calls it: the state after this step is saved, then every rank stops."""
+    if error:  # printed by the rank that read the file
+        print(f"error: {error}", file=sys.stderr, flush=True)
+    save(run, run.ckpt_path)
+    finish(1, f"stopped on unreadable audio; the state after step {run.step} is in {run.ckpt_path}; "
+              f"fix or remove the file, then {resume_hint()}", run.rank, run.world)
+
+
+def stop_unless_finite(run, loss, parts, hint="Try a lower --lr or --precision fp32"):
+    """A non-finite loss on any rank stops every rank, without saving: the weights may be the cause."""
+    if all_finite(loss.detach(), run.device, run.world):
+        return
+    found = ", ".join(f"{k} {v:.4g}" for k, v in parts.items() if not isinstance(v, list))
+    last = run.ckpt_path if run.saved_step is not None else "none"
+    finish(1, f"error: non-finite loss at step {run.step + 1} ({found}); stopping. Last checkpoint: {last} "
+              f"(step {run.saved_step}). {hint}", run.rank, run.world)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -233,9 +366,14 @@ def last_step(run):
     return min(args.max_steps, run.step + args.stop_after) if args.stop_after else args.max_steps
 
 
-def stop_if_asked(stopper, run, save):
+def set_lr(optimizer, lr):
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def stop_if_asked(stopper, run):
     """At a step boundary: when Ctrl-C or SIGTERM reached any rank (GracefulStop), every rank
-    saves with save(run, path) and exits 130 after the same step."""
+    saves and exits 130 after the same step."""
     if any_rank(stopper.requested, run.device, run.world):
         save(run, run.ckpt_path)
         finish(130, f"interrupted: the state after step {run.step} is in {run.ckpt_path}; {resume_hint()}",

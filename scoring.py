@@ -21,10 +21,8 @@ import data
 
 def greedy_decode(log_probs, frame_lengths):
     """Best path: argmax per frame, merge repeats, drop blanks. [B, T, V] -> list of strings.
-    The argmax runs over the blank and the characters only: <s>, </s> and <unk> are in the
-    vocabulary (fairseq's letter dictionary) but in no transcript, so their outputs never train
-    and an under-trained model may still rank them first; the export makes transformers' argmax
-    leave them out the same way (checkpoints.NEVER_EMITTED)."""
+    The argmax runs over the blank and the characters only, as in the transformers export:
+    <s>, </s> and <unk> never train (checkpoints.NEVER_EMITTED says why)."""
     never = torch.zeros(log_probs.shape[-1], dtype=torch.bool, device=log_probs.device)
     never[checkpoints.NEVER_EMITTED] = True
     best = log_probs.masked_fill(never, -math.inf).argmax(-1).cpu()
@@ -67,10 +65,10 @@ def normalize_for_wer(text):
 
 @torch.no_grad()
 def evaluate(ctc, utterances, device, batch_seconds, decode=greedy_decode, desc=None, rank=0, world=1,
-             frontend=None):
+             frontend_cache=None):
     """WER in percent (jiwer) and the (id, reference, hypothesis) rows, sorted by id; tqdm bar when
     desc is given. Under DDP each rank decodes every world-th utterance and all ranks get all rows
-    (and the same AudioError, if one rank meets a broken file). frontend: a model.FrontendCache
+    (and the same AudioError, if one rank meets a broken file). frontend_cache: a caches.FrontendCache
     whose stored front-end output stands in for the CNN's (finetune.py's dev WER with --cache-frontend)."""
     ctc.eval()
     shard = utterances[rank::world]
@@ -80,7 +78,7 @@ def evaluate(ctc, utterances, device, batch_seconds, decode=greedy_decode, desc=
         try:
             for batch in loader:
                 waves, lengths = batch["waves"].to(device), batch["lengths"].to(device)
-                features = frontend(batch["ids"], waves, lengths) if frontend else None
+                features = frontend_cache(batch["ids"], waves, lengths) if frontend_cache else None
                 log_probs, frame_lengths = ctc(waves, lengths, features)
                 rows += zip(batch["ids"], batch["texts"], decode(log_probs, frame_lengths))
                 bar.update(len(batch["ids"]))

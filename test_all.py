@@ -35,24 +35,26 @@ import torchaudio
 import torchaudio.compliance.kaldi as kaldi
 from torchaudio.models import wav2vec2_model
 
-import bench
+import caches
 import checkpoints
 import data
 import demo
+import demo_parts.results as results
+import demo_parts.stages as stages
 import distill
 import fbank_frontend as fbf
 import finetune
 import losses
 import model
 import pretrain
-import results
+import runtime
 import scoring
-import stages
+import tools.bench as bench
 from data import (BLANK, BucketBatchSampler, MIN_UTTERANCES, SAMPLE_RATE, SPLIT_SHARES, VOCAB,
                   collate, decode, encode, load_audio, load_corpus, make_loader, make_speakers,
                   read_librispeech, read_manifest, synth_corpus)
-from losses import (COS_FLOOR, DistillHeads, discriminative_loss, frontend_loss, hard_unit_loss,
-                    regression_loss)
+from distill import DistillHeads
+from losses import discriminative_loss, frontend_loss, hard_unit_loss, regression_loss
 from model import (Encoder, EncoderConfig, build_student, distill_pairs, load_teacher,
                    normalize_waveform)
 
@@ -447,17 +449,17 @@ def test_padding_does_not_change_real_frames_of_layer_norm_encoders():
 
 @pytest.mark.parametrize("layer_norm_first", [False, True], ids=["post-LN", "pre-LN"])
 def test_encoder_front_written_out_equals_torchaudios_preprocess(layer_norm_first):
-    """Encoder.frontend (projection, padded frames zeroed) and hidden_states[0] (+ positional
+    """Encoder.transformer_input (projection, padded frames zeroed) and hidden_states[0] (+ positional
     conv, layer norm for post-LN, dropout) equal torchaudio's private Encoder._preprocess and
     Transformer._preprocess exactly, dropout included (same seed, training mode)."""
     torch.manual_seed(0)
     enc = Encoder(EncoderConfig(**TEACHER, layer_norm_first=layer_norm_first)).train()
     waves, lengths = torch.randn(3, 6400), torch.tensor([6400, 4000, 2500])
-    feats, frame_lengths = enc.features(waves, lengths)
+    feats, frame_lengths = enc.frontend(waves, lengths)
     for mode in ("eval", "train"):
         getattr(enc, mode)()
         torch.manual_seed(1)
-        x, _ = enc.frontend(waves, lengths, (feats, frame_lengths))
+        x, _ = enc.transformer_input(waves, lengths, (feats, frame_lengths))
         hidden, _ = enc.transformer_layers(x, frame_lengths, num_layers=0)
         torch.manual_seed(1)
         ref, _ = enc.encoder._preprocess(feats, frame_lengths)
@@ -864,9 +866,9 @@ def test_regression_of_equal_inputs_is_zero_l1_and_the_cosine_floor():
     x = torch.randn(2, 5, 8)
     total, parts = regression_loss(x, x.clone(), _mask([5, 3], 5))
     assert parts["l1"].item() == 0.0
-    assert COS_FLOOR == pytest.approx(0.31326168751822286)  # -log sigmoid(1), not subtracted
-    assert parts["cos"].item() == pytest.approx(COS_FLOOR, abs=1e-6)
-    assert total.item() == pytest.approx(COS_FLOOR, abs=1e-6)
+    cos_floor = math.log1p(math.exp(-1.0))  # -log sigmoid(1) = 0.3133, not subtracted
+    assert parts["cos"].item() == pytest.approx(cos_floor, abs=1e-6)
+    assert total.item() == pytest.approx(cos_floor, abs=1e-6)
 
 
 def test_regression_matches_hand_computed_example():
@@ -1206,7 +1208,6 @@ def test_fbank_frames_match_the_cnn_frames_and_centres_align():
     lengths = torch.arange(8000, 160_001, 37)  # 0.5 s .. 10 s, every 37 samples
     fbank_frames = fbf.num_subsampled_frames(fbf.num_fbank_frames(lengths))
     cnn = torch.tensor([_cnn_frames(int(n)) for n in lengths])
-    assert torch.equal(fbf.num_cnn_frames(lengths), cnn)
     assert torch.equal(fbank_frames, cnn)
     fe, cnn_module = fbf.FbankFrontend(8).eval(), _hubert_cnn().eval()
     with torch.no_grad():  # the formulas are what the modules really output, near every boundary
@@ -1232,7 +1233,7 @@ def test_cmvn_normalises_the_features_it_was_computed_on():
     assert mean.shape == std.shape == (80,)
     fe = fbf.FbankFrontend(8).eval()
     fe.set_cmvn(mean, std)
-    feats, frames = fe.features(waves, lens)
+    feats, frames = fe.fbank(waves, lens)
     real = feats[~_mask(frames.tolist(), feats.shape[1])]
     assert real.mean(0).abs().max().item() < 1e-3
     assert (real.std(0, unbiased=False) - 1).abs().max().item() < 1e-3
@@ -1242,9 +1243,9 @@ def test_specaugment_masks_only_in_training_with_the_flag():
     waves, lens = _waves([8000, 6000], seed=7)
     plain = fbf.FbankFrontend(8).train()
     aug = fbf.FbankFrontend(8, specaugment=True)
-    clean, frames = plain.features(waves, lens)  # training mode but flag off: untouched
-    assert torch.equal(aug.eval().features(waves, lens)[0], clean)
-    masked, _ = aug.train().features(waves, lens)
+    clean, frames = plain.fbank(waves, lens)  # training mode but flag off: untouched
+    assert torch.equal(aug.eval().fbank(waves, lens)[0], clean)
+    masked, _ = aug.train().fbank(waves, lens)
     assert ((masked == 0) & (clean != 0)).any()
 
 
@@ -1261,20 +1262,6 @@ def test_specaugment_masks_at_most_2x30_bins_and_2x40_real_frames():
                 assert bins.sum() <= 2 * fbf.FREQ_MASK_WIDTH
             # time masks start inside the real frames and end within them when they fit
             assert not (out[i, n:] == 0).all(1).any() or n < fbf.TIME_MASK_WIDTH
-
-
-def test_stats_command_writes_mean_and_std(tmp_path, monkeypatch):
-    waves, lens = _waves([5000, 7000], seed=9)
-    utts = [types.SimpleNamespace(path=f"u{i}.flac") for i in range(2)]
-    fake = types.ModuleType("data")  # data.py is tested on its own; here only its interface matters
-    fake.load_corpus = lambda paths: utts
-    fake.load_audio = lambda path: waves[int(path[1]), : lens[int(path[1])]]
-    monkeypatch.setitem(sys.modules, "data", fake)
-    out = tmp_path / "cmvn.pt"
-    fbf.main(fbf.parse_args(["stats", "--data", "somewhere", "--out", str(out)]))
-    mean, std = fbf.load_cmvn(out)
-    ref_mean, ref_std = fbf.compute_cmvn([waves[0, :5000], waves[1, :7000]])
-    assert torch.allclose(mean, ref_mean) and torch.allclose(std, ref_std)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1383,7 +1370,7 @@ def test_two_step_distill_with_each_discriminative_head(head, toy_corpus, teache
     logits: HuBERT's cosine logits / tau for "cos" and "hard" (model.PredictionHead with the
     head's weights), Linear / tau for "linear"; and the heads train."""
     tau, calls = 0.1, []
-    head_logits = losses.DistillHeads.disc_logits
+    head_logits = distill.DistillHeads.disc_logits
     loss_name = "hard_unit_loss" if head == "hard" else "discriminative_loss"
     loss_fn = getattr(losses, loss_name)
 
@@ -1398,7 +1385,7 @@ def test_two_step_distill_with_each_discriminative_head(head, toy_corpus, teache
         calls[-1].update(s=s.detach().clone(), t=t.detach().clone(), real=~mask, value=value.item())
         return value
 
-    monkeypatch.setattr(losses.DistillHeads, "disc_logits", spy_logits)
+    monkeypatch.setattr(distill.DistillHeads, "disc_logits", spy_logits)
     monkeypatch.setattr(losses, loss_name, spy_loss)
     run_distill(["--student", "tiny", "--max-steps", "2", "--disc-weight", "0.5", "--disc-head", head,
               "--tau", str(tau)], toy_corpus, teacher, tmp_path)
@@ -1463,7 +1450,7 @@ def test_teacher_cache_holds_each_utterances_states_and_gives_the_same_loss(toy_
     teacher = tiny_teacher()
     utts = data.drop_short(data.load_corpus([str(toy_corpus / "train")]), quiet=True)
     path = str(tmp_path / "targets.pt")
-    cache = distill.TeacherCache(path, teacher, utts, torch.device("cpu"), quiet=True)
+    cache = caches.TeacherCache(path, teacher, utts, torch.device("cpu"), quiet=True)
     waves = [data.load_audio(u.path) for u in utts[:3]]
     alone = [teacher(w[None], torch.tensor([len(w)])) for w in waves]
     states, frame_lengths = cache([u.id for u in utts[:3]], torch.device("cpu"))
@@ -1481,13 +1468,13 @@ def test_teacher_cache_holds_each_utterances_states_and_gives_the_same_loss(toy_
     read, _ = distill.distill_loss(args, teacher, distiller, wave, lengths, False, cache([utts[0].id], "cpu"))
     assert read.item() == pytest.approx(ran.item(), rel=1e-3)
     with pytest.raises(ValueError, match="another teacher"):
-        distill.TeacherCache(path, tiny_teacher(layers=2), utts, torch.device("cpu"), quiet=True)
+        caches.TeacherCache(path, tiny_teacher(layers=2), utts, torch.device("cpu"), quiet=True)
     other = [dataclasses.replace(utts[0], id="someone-else")] + utts[1:]
     with pytest.raises(ValueError, match="other audio.*someone-else is missing"):
-        distill.TeacherCache(path, teacher, other, torch.device("cpu"), quiet=True)
+        caches.TeacherCache(path, teacher, other, torch.device("cpu"), quiet=True)
     longer = [dataclasses.replace(utts[0], num_samples=utts[0].num_samples + 1)] + utts[1:]
     with pytest.raises(ValueError, match=f"other audio.*{utts[0].id} is of another length"):
-        distill.TeacherCache(path, teacher, longer, torch.device("cpu"), quiet=True)
+        caches.TeacherCache(path, teacher, longer, torch.device("cpu"), quiet=True)
 
 
 def test_distill_with_teacher_cache_makes_it_once_and_runs_read_it_alike(toy_corpus, teacher, tmp_path, capsys):
@@ -1524,7 +1511,7 @@ def test_distill_cache_frontend_freezes_the_cnn_and_gives_the_uncached_first_los
     teacher = str(tmp_path / "ln_teacher.pt")
     checkpoints.save_checkpoint(checkpoints.encoder_checkpoint(ln.encoder, "teacher", head=ln.head.state_dict()),
                                 teacher)
-    computed, features = [], model.Encoder.features
+    computed, features = [], model.Encoder.frontend
 
     def counting(self, waves, lengths):  # the student's (2 layers; the teacher has 4) CNN calls, batch sizes
         if self.config.layers == 2:
@@ -1532,7 +1519,7 @@ def test_distill_cache_frontend_freezes_the_cnn_and_gives_the_uncached_first_los
         return features(self, waves, lengths)
 
     distill.main(distill_args(tone_corpus, teacher, tmp_path / "plain", "--max-steps", "6"))
-    monkeypatch.setattr(model.Encoder, "features", counting)
+    monkeypatch.setattr(model.Encoder, "frontend", counting)
     distill.main(distill_args(tone_corpus, teacher, tmp_path / "cached", "--max-steps", "6", "--cache-frontend"))
     monkeypatch.undo()
     assert computed == [1] * 8  # 6 steps of 2 s batches span 1.5 epochs of 8 utterances: each one computed once
@@ -1597,8 +1584,8 @@ def test_run_prints_the_entropy_of_the_teachers_codeword_distribution_on_its_fir
     """Once per run: the mean entropy of p_T = softmax(teacher.head.logits(h_last, tau)) over the
     real frames of the first batch, beside log K; at the default tau 0.1 it is well below log K."""
     batches = []
-    stream = distill.batch_stream
-    monkeypatch.setattr(distill, "batch_stream", lambda *a: (batches.append(b) or b for b in stream(*a)))
+    stream = runtime.batch_stream
+    monkeypatch.setattr(runtime, "batch_stream", lambda *a: (batches.append(b) or b for b in stream(*a)))
     run_distill(["--student", "tiny", "--max-steps", "2", "--disc-weight", "0.5"], toy_corpus, teacher, tmp_path)
     found = re.findall(r"tau 0.1\) on the first batch: mean entropy ([\d.]+) nats \(uniform: log (\d+) = ([\d.]+)\)",
                        capsys.readouterr().out)
@@ -1808,21 +1795,21 @@ def test_frontend_cache_computes_each_utterance_once_and_equals_the_padded_batch
     encoder = tiny_student(extractor_mode="layer_norm").eval()  # padding-invariant CNN: cache == batch exactly
     utts = data.load_corpus([tone_corpus[0]])
     loader, _ = data.make_loader(utts, 4.0, shuffle=True, seed=0)
-    cache = model.FrontendCache(encoder)
+    cache = caches.FrontendCache(encoder)
     for batch in loader:
         feats, frame_lengths = cache(batch["ids"], batch["waves"], batch["lengths"])
         with torch.no_grad():
-            ref, ref_lengths = encoder.features(batch["waves"], batch["lengths"])
+            ref, ref_lengths = encoder.frontend(batch["waves"], batch["lengths"])
         assert torch.equal(frame_lengths, ref_lengths)
         real = ~model.padding_mask(frame_lengths, feats.shape[1])
         assert torch.allclose(feats[real], ref[:, :feats.shape[1]][real], atol=1e-5)
         assert (feats[~real] == 0).all()
     assert len(cache.store) == len(utts)
-    monkeypatch.setattr(encoder, "features", lambda *a: pytest.fail("recomputed a cached utterance"))
+    monkeypatch.setattr(encoder, "frontend", lambda *a: pytest.fail("recomputed a cached utterance"))
     for batch in loader:  # a second epoch comes from memory
         cache(batch["ids"], batch["waves"], batch["lengths"])
     with pytest.raises(ValueError, match="only CNN front-ends"):
-        model.FrontendCache(model.Encoder(model.EncoderConfig(frontend="fbank", dim=32, layers=1, heads=2,
+        caches.FrontendCache(model.Encoder(model.EncoderConfig(frontend="fbank", dim=32, layers=1, heads=2,
                                                                  ffn=32, pos_conv_kernel=8, pos_conv_groups=4)))
 
 
@@ -1835,9 +1822,9 @@ def test_finetuning_with_the_frontend_cache_trains_the_same_model(tone_corpus, t
     plain = run_finetune(tone_corpus, path, tmp_path / "plain", "--max-steps", "3", "--freeze-steps", "1",
                          "--eval-every", "2")
     dev_caches = []
-    def evaluate(*args, frontend=None, **kwargs):
-        dev_caches.append(frontend)
-        return scoring.evaluate(*args, frontend=frontend, **kwargs)
+    def evaluate(*args, frontend_cache=None, **kwargs):
+        dev_caches.append(frontend_cache)
+        return scoring.evaluate(*args, frontend_cache=frontend_cache, **kwargs)
     monkeypatch.setattr(finetune, "evaluate", evaluate)
     cached = run_finetune(tone_corpus, path, tmp_path / "cached", "--max-steps", "3", "--freeze-steps", "1",
                           "--eval-every", "2", "--cache-frontend")
@@ -1996,24 +1983,42 @@ def test_pretrain_distill_finetune_eval_transcribe_chain_through_the_clis(toy_co
     assert [line.split("\t")[0] for line in out.splitlines()] == files
 
 
-def test_readme_reading_path_line_ranges_match_the_code():
-    """Each `name` (a-b) of the README's reading path ends at line b of the file named before it
-    and starts at a (or, for a group `x`, `y`, `z` (a-b), the group's first one starts at a)."""
+def test_readme_reading_path_names_definitions_of_the_files_it_names():
+    """Each `name` of the README's reading path is a definition in the file named before it, and each
+    `file.py:Name.attr` of the equation table exists: the map a newcomer follows lands somewhere."""
     import ast
     text = open(os.path.join(HERE, "README.md")).read()
-    block = text[text.index("1. `model.py`"):text.index("Where the paper's equations live")]
-    spans, checked, path = {}, 0, None
-    for m in re.finditer(r"`(\w+\.py)`|((?:`\w+`,\s+)*`\w+`)\s+\((\d+)-(\d+)\)", block):
+    block = text[text.index("1. `model.py`"):text.index("## Commands")]
+    defined, checked, path = {}, 0, None
+
+    def names(file):
+        tree = ast.parse(open(os.path.join(HERE, file)).read())
+        return {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+    for m in re.finditer(r"`(\w+\.py)`|`(\w+\.py):([\w.]+)`|`([a-z_]+|[A-Z]\w+)`", block):
         if m.group(1):
             path = m.group(1)
-            tree = ast.parse(open(os.path.join(HERE, path)).read())
-            spans = {n.name: (n.lineno, n.end_lineno) for n in ast.walk(tree)
-                     if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
-            continue
-        group, a, b = re.findall(r"`(\w+)`", m.group(2)), int(m.group(3)), int(m.group(4))
-        assert (spans[group[0]][0], spans[group[-1]][1]) == (a, b), (path, group)
-        checked += 1
-    assert checked >= 12
+            defined = names(path)
+        elif m.group(2):
+            assert set(m.group(3).split(".")) <= names(m.group(2)), m.group(0)
+            checked += 1
+        elif path and m.group(4) not in ("hidden_states",):
+            assert m.group(4) in defined, (path, m.group(4))
+            checked += 1
+    assert checked >= 25
+
+
+def test_readme_map_lists_every_top_level_file_and_folder():
+    """The reading-order table is the map: every tracked top-level file and folder has a row."""
+    text = open(os.path.join(HERE, "README.md")).read()
+    table = text[text.index("## Reading order"):text.index("## Read the core")]
+    first_cells = re.findall(r"^\| (.+?) \|", table, re.M)
+    listed = {name.split("/")[0] for cell in first_cells for name in re.findall(r"`([^`]+)`", cell)}
+    tracked = subprocess.run(["git", "ls-files"], cwd=HERE, capture_output=True, text=True).stdout.split()
+    if not tracked:
+        pytest.skip("not a git checkout")
+    top = {p.split("/")[0] for p in tracked} - {".gitignore", "README.md"}
+    missing = sorted(t for t in top if t not in listed)
+    assert not missing, f"README's reading-order table has no row for {missing}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -2312,6 +2317,10 @@ def test_readme_results_section_is_replaced_between_the_markers_only():
     assert results.replace_section(new, "| new |") == new
     with pytest.raises(ValueError, match="results:start"):
         results.replace_section("no markers", "x")
+    md = results.markdown(demo_result())  # the README takes the table and claims, not the transcripts
+    section = results.readme_section(md, "demo")
+    assert "First test utterances" in md and "First test utterances" not in section
+    assert section.startswith(md.split("\nFirst test utterances")[0]) and "`results/demo.md`" in section
 
 
 def test_toy_students_keep_the_papers_proportions_to_the_toy_teacher():
@@ -2462,6 +2471,31 @@ def test_resume_continues_exactly_from_the_saved_step(toy_corpus, tmp_path, monk
     assert [r["step"] for r in logs] == [1, 2, 3, 4]
     a = torch.load(tmp_path / "straight" / "teacher.pt", weights_only=True)
     b = torch.load(tmp_path / "resumed" / "teacher.pt", weights_only=True)
+    for k in a["encoder"]:
+        assert torch.equal(a["encoder"][k], b["encoder"][k]), k
+    assert torch.equal(a["head"]["codewords"], b["head"]["codewords"])
+
+
+def test_pretrain_ctrl_c_saves_exits_130_and_resumes_to_the_same_teacher(toy_corpus, tmp_path, monkeypatch, capsys):
+    """pretrain.py shares the drivers' plumbing: Ctrl-C finishes the step, saves, exits 130, and
+    --resume ends at the teacher an uninterrupted run writes."""
+    run_pretrain(toy_corpus, tmp_path / "straight", "--max-steps", "4")
+    lr_at = pretrain.lr_at
+
+    def lr_at_with_ctrl_c(step, *args):  # the user presses Ctrl-C during step 2
+        if step == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return lr_at(step, *args)
+
+    monkeypatch.setattr(pretrain, "lr_at", lr_at_with_ctrl_c)
+    with pytest.raises(SystemExit) as stop:
+        run_pretrain(toy_corpus, tmp_path / "split", "--max-steps", "4")
+    assert stop.value.code == 130 and "interrupted: the state after step 2" in capsys.readouterr().err
+    assert not (tmp_path / "split" / "teacher.pt").exists()
+    monkeypatch.setattr(pretrain, "lr_at", lr_at)
+    run_pretrain(toy_corpus, tmp_path / "split", "--max-steps", "4", "--resume")
+    a = torch.load(tmp_path / "straight" / "teacher.pt", weights_only=True)
+    b = torch.load(tmp_path / "split" / "teacher.pt", weights_only=True)
     for k in a["encoder"]:
         assert torch.equal(a["encoder"][k], b["encoder"][k]), k
     assert torch.equal(a["head"]["codewords"], b["head"]["codewords"])
@@ -2732,7 +2766,7 @@ def test_nan_loss_stops_naming_the_step(tmp_path, tone_corpus, student, monkeypa
         finetune.main(finetune_args(tone_corpus, student, tmp_path / "f", "--max-steps", "4"))
     assert stop.value.code == 1
     err = capsys.readouterr().err
-    assert "non-finite CTC loss at step 3" in err and "(step 2)" in err  # the last checkpoint, kept
+    assert "non-finite loss at step 3 (ctc nan" in err and "(step 2)" in err  # the last checkpoint, kept
 
 
 # ---- Throughput benchmark
