@@ -60,8 +60,8 @@ class TeacherCache:
     """The frozen teacher's hidden states of every training utterance, computed once and kept in a
     file, so that each distillation step (and each student distilled from the same teacher on the
     same data) skips the teacher's forward pass. Stored in fp16, read memory-mapped (runs side by
-    side share the pages), returned in fp32. The file holds a fingerprint of the teacher's weights and every utterance's id and
-    length: one made for another teacher or other audio is refused, not silently used."""
+    side share the pages), returned in fp32. The file holds a fingerprint of the teacher's weights
+    and every utterance's id and length: one made for another teacher or other audio is refused."""
 
     FORMAT = "hubert-distill/teacher-cache/1"
 

@@ -478,8 +478,8 @@ def parse_args(argv=None):
     synth = commands.add_parser("synth", help=about, description=about, epilog=example,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     io = synth.add_argument_group("io")
-    io.add_argument("--out", required=True, help="output folder (missing or empty); the drivers take "
-                    "its train, dev and test subfolders")
+    io.add_argument("--out", required=True, default=argparse.SUPPRESS,  # required: no default to show
+                    help="output folder (missing or empty); the drivers take its train, dev and test subfolders")
     corpus = synth.add_argument_group("corpus")
     corpus.add_argument("--hours", type=float, default=2.0,
                         help="total hours of speech, split 80/10/10 into train/dev/test")

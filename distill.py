@@ -93,9 +93,8 @@ def add_student_args(g):
                    help="override the preset's dropout on attention weights (0.1, the authors' distiller); "
                         "PyTorch's fused CPU attention has no dropout, so 0 is much faster on a CPU")
     g.add_argument("--specaugment", action=argparse.BooleanOptionalAction, default=False,
-                   help="Fbank students only: SpecAugment on the fbank features in training (the authors' "
-                        "2 frequency masks <= 30 bins, 2 time masks <= 40 frames of 10 ms); stored in the "
-                        "student's config, so fine-tuning keeps it unless finetune.py --no-specaugment")
+                   help=fbank_frontend.SPECAUGMENT_HELP + "; stored in the student's config, so fine-tuning keeps "
+                        "it unless finetune.py --no-specaugment")
     g.add_argument("--cache-frontend", action=argparse.BooleanOptionalAction, default=False,
                    help="CNN students only: keep the front-end (the CNN copied from the teacher) frozen, the "
                         "authors' feature_grad_mult 0, and compute its output once per training utterance, "
@@ -144,9 +143,9 @@ class DistillHeads(nn.Module):
 
     disc_head, applied to the student's last hidden state:
       "cos":    Linear(D -> F), cosine to the teacher's FROZEN codewords [K, F] (a buffer) / tau:
-                cosine_logits, the function of HuBERT's own head (model.PredictionHead.logits);
+                losses.cosine_logits, the function of HuBERT's own head (model.PredictionHead.logits);
       "hard":   the same cosine logits, trained with cross-entropy to the teacher's argmax unit
-                (hard_unit_loss): the authors' type3;
+                (losses.hard_unit_loss): the authors' type3;
       "linear": Linear(D -> K) / tau (the authors' type2). Dividing by tau keeps one rule for
                 all heads; for a free linear layer tau only rescales its effective learning rate;
       None:     regression only.
@@ -284,9 +283,8 @@ def make_distiller(args, preset, student, teacher):
     style = model.PRESETS[preset].style
     pairs = model.distill_pairs(style, student.config.layers, tcfg.layers, args.target_layers)
     codewords = teacher.head.codewords.detach() if teacher.head is not None else None
-    heads = DistillHeads(student.config.dim, tcfg.dim, pairs,
-                                args.disc_head if args.disc_weight > 0 else None, codewords, args.tau,
-                                style=style)
+    heads = DistillHeads(student.config.dim, tcfg.dim, pairs, args.disc_head if args.disc_weight > 0 else None,
+                         codewords, args.tau, style=style)
     # Only when stage 1 runs: a parameter that never gets a gradient stalls DDP at step 2 ("Expected
     # to have finished reduction"). Default nn.Linear init, as the authors' frontend_proj.
     stage1 = student.config.frontend == "fbank" and args.frontend_steps > 0
@@ -377,7 +375,8 @@ def main(args):
                     print_codeword_entropy(teacher, waves, lengths, args.tau)
                     entropy_shown = True
                 with no_sync_unless(distiller, last=micro == args.grad_accum - 1):
-                    loss, parts = distill_loss(args, teacher, distiller, waves, lengths, frontend_only, states, features)
+                    loss, parts = distill_loss(args, teacher, distiller, waves, lengths, frontend_only, states,
+                                               features)
                     stop_unless_finite(run, loss, parts, "A teacher with broken weights fails at step 1; otherwise "
                                                          "try a lower --lr or --precision fp32")
                     scaler.scale(loss / args.grad_accum).backward()

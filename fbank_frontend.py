@@ -46,6 +46,9 @@ LOG_FLOOR = torch.finfo(torch.float32).eps  # Kaldi floors energies at float eps
 SUB_KERNEL, SUB_STRIDE = 5, 2  # subsampler Conv1d: 10 ms frames -> 20 ms frames
 FREQ_MASKS, FREQ_MASK_WIDTH = 2, 30  # SpecAugment: masks and max width in mel bins (paper)
 TIME_MASKS, TIME_MASK_WIDTH = 2, 40  # SpecAugment: masks and max width in 10 ms frames (paper)
+SPECAUGMENT_HELP = (f"Fbank students only: SpecAugment on the fbank features in training (the authors' "
+                    f"{FREQ_MASKS} frequency masks <= {FREQ_MASK_WIDTH} bins, {TIME_MASKS} time masks <= "
+                    f"{TIME_MASK_WIDTH} frames of 10 ms)")  # the --specaugment flag of distill.py and finetune.py
 
 
 def num_fbank_frames(lengths):

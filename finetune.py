@@ -30,6 +30,7 @@ import torch
 import caches
 import checkpoints
 import data
+import fbank_frontend
 import model
 import runtime
 from runtime import (GracefulStop, Logger, RunState, add_parts, autocast, last_step, mean_parts, no_sync_unless,
@@ -95,9 +96,8 @@ def add_model_args(g):
                    help="train the CNN / Fbank front-end with the encoder (fairseq's feature_grad_mult 1 "
                         "instead of base_10h's 0); e.g. for a distilled Fbank front-end far from converged")
     g.add_argument("--specaugment", action=argparse.BooleanOptionalAction, default=None,
-                   help="Fbank students only: SpecAugment on the fbank features in training (the authors' "
-                        "2 frequency masks <= 30 bins, 2 time masks <= 40 frames of 10 ms), on top of the "
-                        "masking above; None = as the --init student was distilled (its config says)")
+                   help=fbank_frontend.SPECAUGMENT_HELP + ", on top of the masking above; unset: as the --init "
+                        "student was distilled (its config says)")
 
 
 def add_optim_args(g):

@@ -119,7 +119,7 @@ class Encoder(nn.Module):
             raise ValueError(f"unknown front-end {c.frontend!r}; choose 'cnn' or 'fbank'")
 
     def frontend(self, waves, lengths):
-        """The front-end alone (CNN or Fbank): (waves [B, S], lengths [B]) -> (features [B, T, C], frame_lengths [B])."""
+        """The front-end alone, CNN or Fbank: (waves [B, S], lengths [B]) -> (features [B, T, C], frame_lengths [B])."""
         if self.config.normalize_waveform:
             waves = normalize_waveform(waves, lengths)
         return self.feature_extractor(waves, lengths)
@@ -491,8 +491,8 @@ def preset_table():
 
 
 def main(argv=None):
-    argparse.ArgumentParser(description="Print the student presets (encoder parameters, HuBERT CNN, "
-                            "distillation heads not counted).").parse_args(argv)
+    argparse.ArgumentParser(description="Print the student presets (encoder parameters, HuBERT CNN, distillation "
+                            "heads not counted).", epilog="example: python model.py").parse_args(argv)
     print(preset_table())
 
 

@@ -1,15 +1,21 @@
-"""Run plumbing every driver shares: device, DDP setup, RNG state, resume, graceful stop, logging.
+"""Run plumbing every driver shares: flags, device, DDP, run state, resume, graceful stop, logging.
 
 distill.py, finetune.py and pretrain.py import these, never each other. Nothing here is about
 distillation: it is what any plain PyTorch loop needs to run on one CPU or under `torchrun` on
 many GPUs, stop cleanly on Ctrl-C or a non-finite loss (every rank together: torchaudio #3749),
-and resume bit-exactly (checkpoints keep every rank's RNG state and the data position).
+and resume bit-exactly (checkpoints keep every rank's RNG state and the data position). A driver
+subclasses RunState with its networks (network(), checkpoint()) and writes its loop with these:
 
     device, rank, world = runtime.setup(args)          # under torchrun: one process per GPU
+    ckpt_path, resume = runtime.find_resume(args, rank, world)
+    run = Run(args=args, device=device, ..., optimizer=runtime.adamw(params, args))
+    runtime.start(run, resume, loader, sampler)        # restores the state, starts the batches
     with runtime.GracefulStop() as stopper:
-        while step < max_steps:
-            if runtime.any_rank(stopper.requested, device, world):
-                ...save a checkpoint, then runtime.finish(130, "interrupted ...", rank, world)
+        while run.step < runtime.last_step(run):
+            runtime.stop_if_asked(stopper, run)        # Ctrl-C: save, exit 130
+            batch = runtime.read_batch(run)            # unreadable audio: save, exit 1
+            ...loss...; runtime.stop_unless_finite(run, loss, parts); backward, step; run.step += 1
+            runtime.save(run, run.ckpt_path)           # every --save-every steps
 """
 import argparse
 import contextlib

@@ -2476,18 +2476,25 @@ def test_resume_continues_exactly_from_the_saved_step(toy_corpus, tmp_path, monk
     assert torch.equal(a["head"]["codewords"], b["head"]["codewords"])
 
 
+def press_ctrl_c_during_step(driver, step, monkeypatch):
+    """The user presses Ctrl-C while step `step` (1-based) of a driver's run is under way: SIGINT
+    arrives when the driver asks lr_at for that step's learning rate. Returns the real lr_at."""
+    lr_at = driver.lr_at
+
+    def lr_at_with_ctrl_c(s, *args):
+        if s == step - 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return lr_at(s, *args)
+
+    monkeypatch.setattr(driver, "lr_at", lr_at_with_ctrl_c)
+    return lr_at
+
+
 def test_pretrain_ctrl_c_saves_exits_130_and_resumes_to_the_same_teacher(toy_corpus, tmp_path, monkeypatch, capsys):
     """pretrain.py shares the drivers' plumbing: Ctrl-C finishes the step, saves, exits 130, and
     --resume ends at the teacher an uninterrupted run writes."""
     run_pretrain(toy_corpus, tmp_path / "straight", "--max-steps", "4")
-    lr_at = pretrain.lr_at
-
-    def lr_at_with_ctrl_c(step, *args):  # the user presses Ctrl-C during step 2
-        if step == 1:
-            os.kill(os.getpid(), signal.SIGINT)
-        return lr_at(step, *args)
-
-    monkeypatch.setattr(pretrain, "lr_at", lr_at_with_ctrl_c)
+    lr_at = press_ctrl_c_during_step(pretrain, 2, monkeypatch)
     with pytest.raises(SystemExit) as stop:
         run_pretrain(toy_corpus, tmp_path / "split", "--max-steps", "4")
     assert stop.value.code == 130 and "interrupted: the state after step 2" in capsys.readouterr().err
@@ -2516,14 +2523,7 @@ def test_distill_stopped_after_k_steps_and_resumed_is_bit_identical(tone_corpus,
 
 def test_ctrl_c_saves_the_current_step_and_exits_130_and_resume_is_exact(tone_corpus, teacher, distill_straight,
                                                                          tmp_path, monkeypatch, capsys):
-    lr_at = distill.lr_at
-
-    def lr_at_with_ctrl_c(step, *args):  # the user presses Ctrl-C during step 3
-        if step == 2:
-            os.kill(os.getpid(), signal.SIGINT)
-        return lr_at(step, *args)
-
-    monkeypatch.setattr(distill, "lr_at", lr_at_with_ctrl_c)
+    lr_at = press_ctrl_c_during_step(distill, 3, monkeypatch)
     before = signal.getsignal(signal.SIGINT)  # SIG_IGN when pytest runs as a background job
     with pytest.raises(SystemExit) as stop:
         distill.main(distill_args(tone_corpus, teacher, tmp_path, "--max-steps", "4", "--grad-accum", "2"))
