@@ -115,9 +115,10 @@ def add_loss_args(g):
                         "logit temperature (the authors read theirs from an unreleased config). At 1 a softmax "
                         "over cosines across hundreds of codewords is almost uniform and the KL targets say "
                         "almost nothing: each run prints the teacher's entropy on its first batch")
-    g.add_argument("--disc-head", default="linear", choices=list(HEAD_TYPES),
-                   help="student discriminative head: cosine to the teacher's codewords, linear logits, "
-                        "or cross-entropy on the teacher's argmax unit")
+    g.add_argument("--disc-head", default="cos", choices=list(HEAD_TYPES),
+                   help="student discriminative head: cosine to the teacher's frozen codewords (the authors' "
+                        "type1 and default), linear logits (type2: with tau 0.1 its first logits are ten times "
+                        "too large), or cross-entropy on the teacher's argmax unit (type3)")
     g.add_argument("--frontend-steps", type=int, default=0,
                    help="Fbank students only: first steps that train only the front-end (L1 to teacher "
                         "layer 0, the paper's stage 1); 0 = no stage 1")

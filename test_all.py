@@ -1421,6 +1421,18 @@ def test_two_step_distill_with_each_discriminative_head(head, toy_corpus, teache
     assert json.load(open(tmp_path / "args.json"))["disc_head"] == head
 
 
+def test_disc_head_defaults_to_the_authors_cosine_head(toy_corpus, teacher, tmp_path):
+    """`--disc-weight` alone gives the authors' default head (their type1): a Linear to the codeword
+    width, cosine to the teacher's frozen codewords; not a free linear head over the units."""
+    assert distill.parse_args(["--teacher", "t", "--data", "d", "--out-dir", "o"]).disc_head == "cos"
+    run_distill(["--student", "tiny", "--max-steps", "1", "--disc-weight", "0.5"], toy_corpus, teacher, tmp_path)
+    ckpt = checkpoints.load_checkpoint(tmp_path / "student.pt")
+    codewords = load_teacher(teacher).head.codewords
+    assert ckpt["heads_config"]["disc_head"] == "cos"
+    assert ckpt["heads"]["disc.weight"].shape[0] == codewords.shape[1]  # D -> F, not D -> K
+    assert torch.equal(ckpt["heads"]["codewords"], codewords)
+
+
 def test_distillation_loss_falls(toy_corpus, teacher, tmp_path):
     run_distill(["--student", "tiny", "--max-steps", "30", "--lr", "2e-3", "--disc-weight", "0.5"],
              toy_corpus, teacher, tmp_path)
