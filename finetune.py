@@ -82,6 +82,9 @@ def parse_args(argv=None):
 
 def add_model_args(g):
     g.add_argument("--init", help="student.pt from distill.py, or any teacher source (fine-tune HuBERT itself)")
+    g.add_argument("--keep-layers", type=int,
+                   help="fine-tune only the first N transformer layers of --init (a truncated teacher: how much "
+                        "of the task needs depth)")
     g.add_argument("--final-dropout", type=float, default=0.0, help="dropout before the CTC head")
     g.add_argument("--dropout", type=float, default=0.0, help="encoder dropout (projection, attention and FFN outputs)")
     g.add_argument("--attention-dropout", type=float, default=0.0, help="dropout on attention weights")
@@ -204,17 +207,21 @@ def encoder_for_init(src):
 
 def with_regularisation(encoder, args):
     """The same weights in an encoder rebuilt with the fine-tuning dropouts and layerdrop
-    (fairseq's hubert_ctc overrides the pre-training values the same way), and --specaugment
-    when given (an Fbank front-end only)."""
+    (fairseq's hubert_ctc overrides the pre-training values the same way), --specaugment when
+    given (an Fbank front-end only), and only the first --keep-layers transformer layers."""
     specaugment = encoder.config.specaugment if args.specaugment is None else args.specaugment
     if specaugment and encoder.config.frontend != "fbank":
         raise ValueError(f"--specaugment needs an Fbank student (distilled from a *-fbank preset); "
                          f"{args.init} has HuBERT's waveform CNN")
+    layers = args.keep_layers or encoder.config.layers
+    if not 1 <= layers <= encoder.config.layers:
+        raise ValueError(f"--keep-layers {layers}: {args.init} has {encoder.config.layers} transformer layers")
     config = replace(encoder.config, dropout=args.dropout, attention_dropout=args.attention_dropout,
                      activation_dropout=args.activation_dropout, layerdrop=args.layerdrop,
-                     specaugment=specaugment)
+                     specaugment=specaugment, layers=layers)
+    dropped = tuple(f"encoder.transformer.layers.{i}." for i in range(layers, encoder.config.layers))
     rebuilt = model.Encoder(config)
-    rebuilt.load_state_dict(encoder.state_dict())
+    rebuilt.load_state_dict({k: v for k, v in encoder.state_dict().items() if not k.startswith(dropped)})
     return rebuilt
 
 

@@ -1771,6 +1771,24 @@ def test_frontend_trains_only_if_asked_and_encoder_only_after_freeze_steps(train
         assert all((p.grad is not None) == train_encoder for p in transformer)
 
 
+def test_keep_layers_fine_tunes_the_first_layers_of_a_teacher_unchanged(tone_corpus, teacher, tmp_path):
+    """--keep-layers N (the truncated teacher of a depth study): the CTC model's encoder is the
+    teacher's first N layers, computing exactly the teacher's hidden_states[:N + 1]."""
+    full = load_teacher(teacher)
+    finetune.main(finetune_args(tone_corpus, teacher, tmp_path, "--max-steps", "1", "--keep-layers", "2"))
+    ctc = finetune.load_ctc(str(tmp_path / "best.pt"))
+    assert ctc.encoder.config.layers == 2 < full.config.layers
+    waves, lengths = torch.randn(2, 8000), torch.tensor([8000, 6000])
+    with torch.no_grad():
+        mine, _ = ctc.encoder(waves, lengths)
+        ref, _ = full(waves, lengths)
+    assert len(mine) == 3
+    for a, b in zip(mine, ref[:3]):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="--keep-layers 9: .* has 4 transformer layers"):
+        finetune.main(finetune_args(tone_corpus, teacher, tmp_path / "x", "--max-steps", "1", "--keep-layers", "9"))
+
+
 def test_finetuning_keeps_encoder_frozen_then_trains_it_never_the_frontend(tone_corpus, student, tmp_path, capsys):
     init = checkpoints.load_checkpoint(student)["encoder"]
     frozen = run_finetune(tone_corpus, student, tmp_path / "a", "--max-steps", "2", "--freeze-steps", "2")
