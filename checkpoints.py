@@ -245,7 +245,7 @@ def read_huggingface_weights(folder):
 
 # config.json settings torchaudio's encoder cannot express: (field, accepted values incl. absent)
 HF_REQUIRED = [("model_type", ("hubert", "wav2vec2", None)), ("feat_extract_norm", ("group", "layer", None)),
-               ("feat_proj_layer_norm", (True, None)), ("conv_pos_batch_norm", (False, None)),
+               ("feat_proj_layer_norm", (True, False, None)), ("conv_pos_batch_norm", (False, None)),
                ("hidden_act", ("gelu", None)), ("feat_extract_activation", ("gelu", None)),
                ("layer_norm_eps", (1e-5, None))]
 
@@ -274,7 +274,7 @@ def read_huggingface(folder):
         ffn=c.get("intermediate_size", 3072), pos_conv_kernel=c.get("num_conv_pos_embeddings", 128),
         pos_conv_groups=c.get("num_conv_pos_embedding_groups", 16),
         layer_norm_first=c.get("do_stable_layer_norm", False), normalize_waveform=normalize,
-        **TEACHER_DROPOUTS)
+        feature_layer_norm=c.get("feat_proj_layer_norm", True), **TEACHER_DROPOUTS)
     weights = read_huggingface_weights(folder)
     # HubertForCTC & co. nest the encoder under "hubert."; lm_head, classifier: not encoder weights
     prefix = next((p for p in ("hubert.", "wav2vec2.") if any(k.startswith(p) for k in weights)), "")
@@ -359,7 +359,7 @@ def huggingface_config(ctc):
         "feat_extract_norm": c.extractor_mode.replace("_norm", ""), "feat_extract_activation": "gelu",
         "conv_dim": list(channels), "conv_kernel": list(kernels), "conv_stride": list(strides),
         "conv_bias": c.conv_bias, "num_feat_extract_layers": len(c.conv_layers),
-        "feat_proj_layer_norm": True, "feat_proj_dropout": c.dropout,
+        "feat_proj_layer_norm": c.feature_layer_norm, "feat_proj_dropout": c.dropout,
         "hidden_size": c.dim, "num_hidden_layers": c.layers, "num_attention_heads": c.heads,
         "intermediate_size": c.ffn, "hidden_act": "gelu", "layer_norm_eps": 1e-5,
         "num_conv_pos_embeddings": c.pos_conv_kernel, "num_conv_pos_embedding_groups": c.pos_conv_groups,

@@ -5,9 +5,10 @@ on the predicted teacher layers (L1 + cosine, DistilHuBERT), optional discrimina
 the teacher's distribution over HuBERT's codewords, the paper's Sec. 3.2), backward, clip, step,
 log. The student's distillation heads (DistillHeads) live here, beside the Distiller that joins
 them to the student: they exist only for this loop and are dropped before fine-tuning.
-Defaults are the authors' (AdamW 2e-4, 7% warmup, betas 0.9/0.98, eps 1e-6, weight decay 1e-6,
-clip 5) except --tau 0.1, HuBERT's own (theirs is in an unreleased config; each run prints how far
-the teacher's codeword distribution is from uniform). Fbank students first train only their
+Defaults are the authors' (AdamW 2e-4, 7% warmup then linear decay, betas 0.9/0.98, eps 1e-6,
+weight decay 0.01 on weights and none on biases, clip 5; their optimizer is s3prl's Lamb in Adam
+mode, which is AdamW without bias correction) except --tau 0.1, HuBERT's own (theirs is in an
+unreleased config; each run prints how far the teacher's codeword distribution is from uniform). Fbank students first train only their
 front-end for --frontend-steps (Sec. 3.3), optionally with --specaugment. Frozen work can be done
 once (caches.py): --teacher-cache keeps the teacher's hidden states in a file, --cache-frontend
 keeps a CNN student's front-end (the teacher's CNN) frozen and its output in memory.
@@ -69,7 +70,8 @@ def parse_args(argv=None):
     g.add_argument("--warmup", type=float, default=0.07, help="warmup, fraction of --max-steps")
     g.add_argument("--betas", type=float, nargs=2, default=(0.9, 0.98), help="AdamW betas")
     g.add_argument("--eps", type=float, default=1e-6, help="AdamW epsilon")
-    g.add_argument("--weight-decay", type=float, default=1e-6, help="AdamW weight decay")
+    g.add_argument("--weight-decay", type=float, default=0.01,
+                   help="AdamW weight decay on weights, none on biases (the authors' parameter groups)")
     g.add_argument("--clip", type=float, default=5.0, help="gradient norm clip")
     g.add_argument("--grad-accum", type=int, default=1, help="batches per optimizer step")
     g.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
@@ -437,7 +439,7 @@ def build_run(args, device, rank, world):
     distiller = runtime.wrap_ddp(distiller, device, world, find_unused=args.frontend_steps > 0
                                  or distiller.student.config.layerdrop > 0)
     run = Run(args=args, device=device, rank=rank, world=world, ckpt_path=ckpt_path,
-              optimizer=runtime.adamw(distiller.parameters(), args),
+              optimizer=runtime.adamw(distiller.named_parameters(), args),
               scaler=torch.amp.GradScaler(device.type, enabled=args.precision == "fp16"),
               teacher=teacher, distiller=distiller, teacher_cache=teacher_cache, frontend_cache=frontend_cache)
     runtime.start(run, resume, loader, sampler)

@@ -418,7 +418,7 @@ def build_run(args, device, rank, world):
     # masking off): DDP must look for them, or it waits for their gradients forever.
     net = runtime.wrap_ddp(ctc, device, world, find_unused=True)
     run = Run(args=args, device=device, rank=rank, world=world, ckpt_path=ckpt_path,
-              optimizer=runtime.adamw(trainable, args),
+              optimizer=runtime.adamw(ctc.named_parameters(), args),
               scaler=torch.amp.GradScaler(device.type, enabled=args.precision == "fp16"),
               ctc=ctc, net=net, trainable=trainable, valid_utts=valid_utts)
     if args.cache_frontend:

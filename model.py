@@ -55,6 +55,7 @@ class EncoderConfig:
     pos_conv_kernel: int = 128           # positional conv kernel, frames
     pos_conv_groups: int = 16            # positional conv groups
     layer_norm_first: bool = False       # pre-LN transformer (Large) instead of post-LN (Base)
+    feature_layer_norm: bool = True      # LayerNorm on CNN features before the projection (HuBERT; students: none)
     normalize_waveform: bool = False     # zero-mean unit-variance per utterance (Large does, Base not)
     dropout: float = 0.1                 # dropout after projection / attention / FFN blocks
     attention_dropout: float = 0.1       # dropout on attention weights
@@ -117,6 +118,8 @@ class Encoder(nn.Module):
             self.encoder.feature_projection = nn.Identity()
         elif c.frontend != "cnn":
             raise ValueError(f"unknown front-end {c.frontend!r}; choose 'cnn' or 'fbank'")
+        elif not c.feature_layer_norm:
+            self.encoder.feature_projection.layer_norm = nn.Identity()
 
     def frontend(self, waves, lengths):
         """The front-end alone, CNN or Fbank: (waves [B, S], lengths [B]) -> (features [B, T, C], frame_lengths [B])."""
@@ -224,12 +227,7 @@ def encoder_from_checkpoint(ckpt, path="checkpoint"):
     """Rebuild an Encoder from a project checkpoint dict."""
     if ckpt.get("format") != checkpoints.CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not a checkpoint of this project (no format {checkpoints.CHECKPOINT_FORMAT!r})")
-    encoder = Encoder(EncoderConfig.from_dict(ckpt["config"]))
-    try:
-        encoder.load_state_dict(ckpt["encoder"])
-    except RuntimeError as e:
-        raise ValueError(f"{path}: weights do not fit the stored config: {str(e).splitlines()[0]}") from None
-    return encoder
+    return load_encoder_state(EncoderConfig.from_dict(ckpt["config"]), ckpt["encoder"], path)
 
 
 def head_from_state(state, dim):
@@ -246,8 +244,7 @@ def state_dict_error(e):  # the informative part of load_state_dict's RuntimeErr
 
 
 def load_encoder_state(config, state, path):
-    """Encoder(config) with `state` (torchaudio names; a foreign checkpoint's) loaded strictly;
-    one-line error on mismatch."""
+    """Encoder(config) with `state` (torchaudio names) loaded strictly; one-line error on mismatch."""
     encoder = Encoder(config)
     try:
         encoder.load_state_dict(checkpoints.refold_pos_conv(state))
@@ -359,14 +356,14 @@ def build_student(preset, teacher=None, **overrides) -> Encoder:
     """A student encoder from a preset name, initialised from `teacher` as the preset says.
 
     With a teacher, the student takes the teacher's CNN shape (it is copied) and waveform
-    normalisation, and S&W presets the teacher's width (their layers are copied);
-    `overrides` (e.g. layers=4, dim=256) win over all of these. FFN dropout is
-    STUDENT_ACTIVATION_DROPOUT unless overridden.
+    normalisation, and S&W presets the teacher's width (their layers are copied); `overrides`
+    (e.g. layers=4, dim=256) win over all of these. FFN dropout is STUDENT_ACTIVATION_DROPOUT and,
+    as in the authors' distiller, no LayerNorm on the CNN features, unless overridden.
     """
     if preset not in PRESETS:
         raise ValueError(f"unknown student preset {preset!r}; choose from {', '.join(PRESETS)}")
     p = PRESETS[preset]
-    cfg = dict(activation_dropout=STUDENT_ACTIVATION_DROPOUT, **p.config)
+    cfg = dict(activation_dropout=STUDENT_ACTIVATION_DROPOUT, feature_layer_norm=False, **p.config)
     if teacher is not None:
         t = teacher.config
         cfg.update(extractor_mode=t.extractor_mode, conv_layers=list(t.conv_layers),
@@ -382,7 +379,8 @@ def build_student(preset, teacher=None, **overrides) -> Encoder:
 
 
 def init_from_teacher(student: Encoder, teacher: Encoder, copy_layers: bool):
-    """Copy the teacher's CNN and, for S&W, projection, positional conv and first L layers (DistilHuBERT's)."""
+    """Copy the teacher's CNN and, for S&W, its projection Linear, positional conv and first L layers,
+    as the authors' distiller (pretrain/distiller/pretrain_expert.py); the input LayerNorm stays fresh."""
     s, t = student.config, teacher.config
     if s.frontend == "cnn":
         student.feature_extractor.load_state_dict(teacher.feature_extractor.state_dict())
@@ -394,10 +392,10 @@ def init_from_teacher(student: Encoder, teacher: Encoder, copy_layers: bool):
             f"the layers of a {t.layers}x{t.dim} (FFN {t.ffn}, {t.heads} heads) teacher; "
             f"match --dim/--ffn/--heads to the teacher or pick a preset that copies only the CNN")
     if s.frontend == "cnn":
-        student.encoder.feature_projection.load_state_dict(teacher.encoder.feature_projection.state_dict())
+        student.encoder.feature_projection.projection.load_state_dict(
+            teacher.encoder.feature_projection.projection.state_dict())
     st, tt = student.encoder.transformer, teacher.encoder.transformer
     st.pos_conv_embed.load_state_dict(tt.pos_conv_embed.state_dict())
-    st.layer_norm.load_state_dict(tt.layer_norm.state_dict())
     for i in range(s.layers):
         st.layers[i].load_state_dict(tt.layers[i].state_dict())
 
@@ -483,8 +481,8 @@ def preset_table():
     rows = [f"{'preset':<20} {'layers':>6} {'dim':>5} {'FFN':>5} {'heads':>5} {'front-end':>9} "
             f"{'params (M)':>10}  note"]
     for name, p in PRESETS.items():
-        c = EncoderConfig(**p.config)
-        n = count_parameters(Encoder(c)) / 1e6
+        student = build_student(name)
+        c, n = student.config, count_parameters(student) / 1e6
         rows.append(f"{name:<20} {c.layers:>6} {c.dim:>5} {c.ffn:>5} {c.heads:>5} {c.frontend:>9} "
                     f"{n:>10.2f}  {p.note}")
     return "\n".join(rows)

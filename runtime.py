@@ -8,7 +8,7 @@ subclasses RunState with its networks (network(), checkpoint()) and writes its l
 
     device, rank, world = runtime.setup(args)          # under torchrun: one process per GPU
     ckpt_path, resume = runtime.find_resume(args, rank, world)
-    run = Run(args=args, device=device, ..., optimizer=runtime.adamw(params, args))
+    run = Run(args=args, device=device, ..., optimizer=runtime.adamw(net.named_parameters(), args))
     runtime.start(run, resume, loader, sampler)        # restores the state, starts the batches
     with runtime.GracefulStop() as stopper:
         while run.step < runtime.last_step(run):
@@ -199,11 +199,15 @@ def wrap_ddp(module, device, world, find_unused):
                                                find_unused_parameters=find_unused)
 
 
-def adamw(params, args):
-    """AdamW from the driver's --lr, --betas, --eps, --weight-decay; fused: one kernel over all
-    tensors instead of a dozen small ops per tensor (a 12-layer student has ~200)."""
-    return torch.optim.AdamW(params, lr=args.lr, betas=tuple(args.betas), eps=args.eps,
-                             weight_decay=args.weight_decay, fused=True)
+def adamw(named_params, args):
+    """AdamW from the driver's --lr, --betas, --eps, --weight-decay over the trainable (name, parameter)
+    pairs. Weight decay falls on weights only, none on any parameter whose name holds "bias": the
+    parameter groups of the authors' s3prl optimizer (layer-norm weights decay too; their names hold
+    no "LayerNorm"). fused: one kernel over all tensors instead of a dozen small ops per tensor."""
+    named = [(n, p) for n, p in named_params if p.requires_grad]
+    groups = [{"params": [p for n, p in named if "bias" not in n], "weight_decay": args.weight_decay},
+              {"params": [p for n, p in named if "bias" in n], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=args.lr, betas=tuple(args.betas), eps=args.eps, fused=True)
 
 
 def save(run, path, full=True):

@@ -475,17 +475,29 @@ def test_distill_pairs_follow_distilhubert_and_fithubert():
         distill_pairs("last", 2, 4, [4, 8])
 
 
-def test_distilhubert_student_starts_as_the_teachers_first_layers():
+def test_sw_student_copies_what_the_authors_distiller_copies(toy_corpus, tmp_path):
+    """`distill.py --student distilhubert --max-steps 0`: the teacher's CNN, feature projection Linear,
+    positional conv and first two layers, as the authors' init; the input LayerNorm stays fresh and
+    there is no LayerNorm on the CNN features (their student has none)."""
     teacher = tiny_teacher()
-    student = build_student("distilhubert", teacher).eval()  # takes the teacher's width
-    assert student.config.conv_layers == teacher.config.conv_layers
-    assert (student.config.layers, student.config.dim) == (2, teacher.config.dim)
-    waves, lengths = torch.randn(2, 8000), torch.tensor([8000, 6000])
     with torch.no_grad():
-        s_hidden, _ = student(waves, lengths)
-    t_hidden, _ = teacher(waves, lengths)
-    for k in range(3):  # transformer input and layers 1, 2 are the teacher's own
-        torch.testing.assert_close(s_hidden[k], t_hidden[k])
+        for p in teacher.parameters():
+            p.add_(0.01)  # not a fresh initialisation anywhere (fresh layer norms would match)
+    path = tmp_path / "teacher.pt"
+    checkpoints.save_checkpoint(checkpoints.encoder_checkpoint(teacher.encoder, "teacher",
+                                                               head=teacher.head.state_dict()), path)
+    run_distill(["--student", "distilhubert", "--max-steps", "0"], toy_corpus, str(path), tmp_path / "sw")
+    student = load_teacher(str(tmp_path / "sw" / "student.pt")).encoder
+    assert (student.config.layers, student.config.dim) == (2, teacher.config.dim)
+    assert not student.config.feature_layer_norm and teacher.encoder.config.feature_layer_norm
+    copied = ("feature_extractor.", "encoder.feature_projection.projection.", "encoder.transformer.pos_conv_embed.",
+              "encoder.transformer.layers.0.", "encoder.transformer.layers.1.")
+    t_state = teacher.encoder.state_dict()
+    for k, v in student.state_dict().items():
+        assert torch.equal(v, t_state[k]) == k.startswith(copied), k
+    assert not any(k.startswith("encoder.feature_projection.layer_norm") for k in student.state_dict())
+    ln = student.encoder.transformer.layer_norm
+    assert torch.equal(ln.weight, torch.ones_like(ln.weight)) and torch.equal(ln.bias, torch.zeros_like(ln.bias))
 
 
 def test_fithubert_copies_only_the_cnn_and_mismatched_init_is_a_clear_error():
@@ -1354,6 +1366,21 @@ def test_second_iteration_clusters_a_middle_layer_of_the_first_model(toy_corpus,
     assert ckpt["targets"]["centroids"].shape == (12, 32) and ckpt["head"]["codewords"].shape == (12, 16)
 
 
+def test_iteration1_flag_runs_the_second_iteration_on_a_given_teacher(toy_corpus, tmp_path):
+    """--iteration1 T: HuBERT's second iteration on units from T's layer (e.g. the shipped teacher),
+    without training a first one; the units are those a two-iteration run makes from its own iter1.pt."""
+    run_pretrain(toy_corpus, tmp_path / "both", "--max-steps", "2", "--iterations", "2", "--clusters-iter2", "12")
+    given = str(tmp_path / "both" / "iter1.pt")
+    run_pretrain(toy_corpus, tmp_path / "given", "--max-steps", "2", "--iteration1", given, "--clusters-iter2", "12",
+                 "--unmasked-weight", "0")
+    assert not os.path.exists(tmp_path / "given" / "iter1.pt")
+    both, ckpt = (torch.load(tmp_path / d / "teacher.pt", weights_only=True) for d in ("both", "given"))
+    assert ckpt["targets"]["iteration"] == 2 and ckpt["targets"]["iteration1"] == given
+    assert torch.equal(ckpt["targets"]["centroids"], both["targets"]["centroids"])
+    logs = [json.loads(line) for line in open(tmp_path / "given" / "log.jsonl")]
+    assert [r["iter"] for r in logs] == [2, 2]
+
+
 # ----------------------------------------------------------------------------------------------
 # distill.py: the distillation driver end to end (the test teacher on the toy corpus)
 
@@ -1431,6 +1458,27 @@ def test_disc_head_defaults_to_the_authors_cosine_head(toy_corpus, teacher, tmp_
     assert ckpt["heads_config"]["disc_head"] == "cos"
     assert ckpt["heads"]["disc.weight"].shape[0] == codewords.shape[1]  # D -> F, not D -> K
     assert torch.equal(ckpt["heads"]["codewords"], codewords)
+
+
+def test_distill_decays_weights_and_not_biases_as_the_authors(toy_corpus, teacher, tmp_path, monkeypatch):
+    """The authors' s3prl parameter groups: weight decay 0.01 on every trainable parameter whose name
+    holds no "bias" (layer-norm weights included), none on biases; checked on distill.py's optimizer."""
+    made = []
+
+    def adamw(named, args):
+        named = list(named)
+        made.append((named, real(named, args)))
+        return made[-1][1]
+    real = runtime.adamw
+    monkeypatch.setattr(runtime, "adamw", adamw)
+    run_distill(["--student", "tiny", "--max-steps", "1"], toy_corpus, teacher, tmp_path)
+    (named, optimizer), = made
+    decay, plain = optimizer.param_groups
+    trainable = [(n, p) for n, p in named if p.requires_grad]
+    assert (decay["weight_decay"], plain["weight_decay"]) == (0.01, 0.0)
+    assert {id(p) for p in decay["params"]} == {id(p) for n, p in trainable if "bias" not in n}
+    assert {id(p) for p in plain["params"]} == {id(p) for n, p in trainable if "bias" in n}
+    assert any("layer_norm.weight" in n for n, p in trainable) and plain["params"]
 
 
 def test_distillation_loss_falls(toy_corpus, teacher, tmp_path):
@@ -1645,10 +1693,12 @@ def test_specaugment_flag_reaches_the_fbank_front_end_from_distill_and_finetune(
 # finetune.py: CTC fine-tuning recipe, evaluation, transcription, export to transformers
 
 
-def random_ctc(special_bias=0.0, **config):
+def random_ctc(special_bias=0.0, feature_layer_norm=True, **config):
     """A random CTC model. special_bias raises the logits of <s>, </s>, <unk>: outputs that no
-    transcript trains, which an under-trained model may still rank first."""
-    ctc = model.CTCModel(tiny_student(dropout=0.0, attention_dropout=0.0), model.CTCConfig(**config))
+    transcript trains, which an under-trained model may still rank first. feature_layer_norm: as a
+    fine-tuned teacher (True) or a distilled student (False)."""
+    student = tiny_student(dropout=0.0, attention_dropout=0.0, feature_layer_norm=feature_layer_norm)
+    ctc = model.CTCModel(student, model.CTCConfig(**config))
     with torch.no_grad():
         ctc.proj.bias[[data.VOCAB.index(t) for t in ("<s>", "</s>", "<unk>")]] = special_bias
     return ctc.eval()
@@ -1979,6 +2029,23 @@ def test_export_to_transformers_matches_logits_and_pipeline_transcript(tmp_path)
     ours_text = scoring.greedy_decode(ours, frame_lengths)[0]
     assert len(set(ours_text)) > 3 and "<" not in text
     assert " ".join(text.split()) == ours_text  # we also collapse repeated spaces
+
+
+def test_export_of_a_student_without_feature_layer_norm_matches_transformers(tmp_path):
+    """Distilled students have no LayerNorm on the CNN features: HubertConfig's feat_proj_layer_norm
+    False, and the export still computes our logits."""
+    transformers = pytest.importorskip("transformers")
+    ctc = random_ctc(feature_layer_norm=False)
+    checkpoints.export_huggingface(ctc, str(tmp_path / "hf"))
+    hf = transformers.HubertForCTC.from_pretrained(str(tmp_path / "hf")).eval()
+    assert hf.config.feat_proj_layer_norm is False
+    x = torch.randn(1, 16_000)
+    with torch.no_grad():
+        ours, _ = ctc.encoder(x, torch.tensor([x.shape[1]]))
+        theirs = hf.hubert(x, output_hidden_states=True).hidden_states
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
+    assert model.load_teacher(str(tmp_path / "hf")).encoder.config.feature_layer_norm is False
 
 
 def test_export_of_an_fbank_student_is_a_clear_error(tmp_path):
