@@ -12,7 +12,8 @@ demo distils from a teacher that was trained the way HuBERT is:
       Unlike HuBERT Base, the toy also predicts the unmasked frames (--unmasked-weight 1): without
       them a few hundred steps do not get it off the unit prior (see the flag's comment).
   targets, iteration 2 (--iterations 2): k-means on a middle layer of the iteration-1 model
-      (HuBERT: layer 6 of 12), then a fresh model trains on them, as HuBERT does.
+      (HuBERT: layer 6 of 12), then a fresh model trains on them, as HuBERT does; --iteration1 T
+      takes an already trained teacher T as the iteration-1 model.
 
 The network is torchaudio's hubert_pretrain_model. The result, OUT/teacher.pt, is a checkpoint of
 this project (checkpoints.encoder_checkpoint) whose head (final_proj + codewords) the discriminative
@@ -67,6 +68,9 @@ def parse_args(argv=None):
     g.add_argument("--clusters", type=int, default=100, help="k-means units of iteration 1 (HuBERT: 100)")
     g.add_argument("--clusters-iter2", type=int, default=100,
                    help="k-means units of iteration 2 (HuBERT: 500 on 960 h; 100 suits ~1 h)")
+    g.add_argument("--iteration1", default=None, metavar="TEACHER_PT",
+                   help="iteration 2 from this teacher's layer (e.g. teacher/toy-teacher.pt) instead of "
+                        "training iteration 1 first; implies --iterations 2")
     g.add_argument("--target-layer", type=int, default=None,
                    help="iteration 2: layer of the iteration-1 model to cluster (default: layers // 2, "
                         "like HuBERT's 6 of 12)")
@@ -102,6 +106,8 @@ def parse_args(argv=None):
     runtime.add_io_args(g, "teacher.pt, checkpoint.pt, log.jsonl, args.json")
     g.add_argument("--save-every", type=int, default=100, help="steps between checkpoints")
     args = p.parse_args(argv)
+    if args.iteration1:
+        args.iterations = 2
     if not 0 < args.mask_prob <= 1:
         p.error("--mask-prob must be in (0, 1]: masked prediction needs masked frames")
     return args
@@ -360,7 +366,8 @@ def main(args):
         raise ValueError(f"the CNN hop is {hop} samples; the 50 Hz labels need {FRAME_HOP}")
     hours = sum(u.num_samples for u in utterances) / data.SAMPLE_RATE / 3600
     print(f"{len(utterances)} utterances, {hours:.2f} h, {len(sampler)} batches/epoch | device {device}", flush=True)
-    for iteration in range(resume["iteration"] if resume else 1, args.iterations + 1):
+    first = resume["iteration"] if resume else 2 if args.iteration1 else 1
+    for iteration in range(first, args.iterations + 1):
         state = resume if resume and resume["iteration"] == iteration else None
         labels, targets = iteration_targets(iteration, args, utterances, config.conv_layers, device,
                                             state["centroids"] if state else None)
@@ -400,8 +407,9 @@ def iteration_targets(iteration, args, utterances, cnn, device, saved_centroids=
         # Iteration 2 clusters the iteration-1 model's features and then trains a fresh model,
         # as HuBERT does: continuing would start from a model fitted to the old units' codewords.
         layer = args.target_layer or max(1, args.layers // 2)
-        previous = model.load_teacher(os.path.join(args.out_dir, "iter1.pt")).encoder.to(device)
+        previous = model.load_teacher(args.iteration1 or os.path.join(args.out_dir, "iter1.pt")).encoder.to(device)
         targets = {"iteration": 2, "features": f"layer {layer}", "layer": layer,
+                   "iteration1": args.iteration1 or "iter1.pt",
                    "label_rate": data.SAMPLE_RATE // FRAME_HOP}
         labels, centroids = make_targets(utterances, lambda w: layer_features(previous, layer, w), 1,
                                          args.clusters_iter2, cnn, args, saved_centroids,
