@@ -87,6 +87,9 @@ def parse_args(argv=None):
 
 def add_student_args(g):
     g.add_argument("--student", default="fithubert", choices=list(model.PRESETS), help="student preset")
+    g.add_argument("--student-init", choices=model.INITS,
+                   help="override the preset's start from the teacher: layers (CNN, projection, positional conv, "
+                        "first layers: S&W's), cnn (the CNN alone: D&T's), none")
     g.add_argument("--layers", type=int, help="override the preset's transformer layers")
     g.add_argument("--dim", type=int, help="override the preset's width")
     g.add_argument("--ffn", type=int, help="override the preset's FFN inner width")
@@ -454,9 +457,9 @@ def build_distiller(args, teacher, resume, ckpt_path, utterances, device, rank):
     if resume:
         student = model.encoder_from_checkpoint(resume, ckpt_path)
     else:
-        student = model.build_student(args.student, teacher, layers=args.layers, dim=args.dim,
-                                      ffn=args.ffn, heads=args.heads, attention_dropout=args.attention_dropout,
-                                      specaugment=args.specaugment)
+        student = model.build_student(args.student, teacher, init=args.student_init, layers=args.layers,
+                                      dim=args.dim, ffn=args.ffn, heads=args.heads,
+                                      attention_dropout=args.attention_dropout, specaugment=args.specaugment)
     distiller, pairs = make_distiller(args, args.student, student, teacher)
     distiller.to(device)
     if student.config.frontend == "fbank" and resume is None:

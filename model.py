@@ -295,13 +295,14 @@ class Preset:
     """A student recipe: its shape, how it is initialised, which teacher layers it predicts."""
     config: dict                  # EncoderConfig overrides
     style: str                    # "last": heads on the last layer (S&W); "layerwise": layer i -> layer i (D&T)
-    init: str                     # "layers": teacher CNN + first L layers; "cnn": CNN only; "none"
+    init: str                     # INITS: "layers": teacher CNN + first L layers; "cnn": CNN only; "none"
     note: str = ""
 
 
 # Dropout inside the students' FFN: the authors' distiller default (upstream/distiller/model.py of their
 # s3prl fork, no YAML overrides it) and DistilHuBERT's. Teachers keep their checkpoint's value.
 STUDENT_ACTIVATION_DROPOUT = 0.1
+INITS = ("layers", "cnn", "none")
 
 PRESETS = {
     "distilhubert": Preset(dict(dim=768, layers=2, ffn=3072, heads=12), "last", "layers",
@@ -352,8 +353,8 @@ def distill_pairs(style, student_layers, teacher_layers, target_layers=None):
     return pairs
 
 
-def build_student(preset, teacher=None, **overrides) -> Encoder:
-    """A student encoder from a preset name, initialised from `teacher` as the preset says.
+def build_student(preset, teacher=None, init=None, **overrides) -> Encoder:
+    """A student encoder from a preset name, initialised from `teacher` as `init` (INITS) or the preset says.
 
     With a teacher, the student takes the teacher's CNN shape (it is copied) and waveform
     normalisation, and S&W presets the teacher's width (their layers are copied); `overrides`
@@ -373,8 +374,9 @@ def build_student(preset, teacher=None, **overrides) -> Encoder:
                        pos_conv_groups=t.pos_conv_groups, layer_norm_first=t.layer_norm_first)
     cfg.update({k: v for k, v in overrides.items() if v is not None})
     student = Encoder(EncoderConfig(**cfg))
-    if teacher is not None and p.init != "none":
-        init_from_teacher(student, teacher.encoder, copy_layers=(p.init == "layers"))
+    init = init or p.init
+    if teacher is not None and init != "none":
+        init_from_teacher(student, teacher.encoder, copy_layers=(init == "layers"))
     return student
 
 
