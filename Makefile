@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: demo test teacher clean
+.PHONY: demo test teacher study clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ test: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(PY) demo.py $(if $(filter 1 yes true,$(QUICK)),--quick) $(if $(HOURS),--hours $(HOURS)) \
 		$(if $(STEPS),--steps $(STEPS)) $(if $(RUNS),--runs $(RUNS))
+
+# make study: the claims study (study.py; ~4.5 h on 2 CPU cores, resumable: run it again to go on;
+# PARTS=a,b for some parts); results in results/study.{json,md}.
+study: $(VENV)/.installed
+	$(PY) study.py $(if $(PARTS),--parts $(PARTS))
 
 # make teacher: re-create the shipped toy teacher (teacher/toy-teacher.pt, its RECORD.md and
 # pretrain-log.jsonl) from scratch: its own 5 h corpus, then 3000 pre-training steps (~65 min on

@@ -235,48 +235,70 @@ def rows_of(s: Sizing):
     return [r for r in ROWS if s.rows is None or r.name in s.rows]
 
 
+def audio_seconds(s: Sizing, steps):
+    """Seconds of real audio that `steps` batches of the sizing train on (for the time estimates)."""
+    return steps * s.batch_seconds * REAL_AUDIO_SHARE
+
+
+def distill_stage(runs, s: Sizing, name, label, preset, extra=None, teacher=SHIPPED_TEACHER):
+    """distill.py for one student into RUNS/students/NAME: the demo's toy flags, then `extra` (a
+    row's, or the study's). Every student reads the teacher's states from one cache."""
+    fbank = model.PRESETS[preset].config.get("frontend") == "fbank"
+    flags = dict(max_steps=s.distill_steps, batch_seconds=s.batch_seconds,
+                 log_every=log_every(s.distill_steps), seed=0, **DISTILL,
+                 **FRONTEND_IN_DISTILL["fbank" if fbank else "cnn"])
+    if fbank:
+        flags.update(frontend_steps=s.frontend_steps, max_steps=s.frontend_steps + s.distill_steps)
+    flags.update(extra or {})
+    if flags["max_steps"] > 0:  # the teacher's states, computed by the first student's run, read by all
+        flags.update(teacher_cache=f"{runs}/teacher-states.pt")
+    corpus, out = f"{runs}/corpus", f"{runs}/students/{name}"
+    return Stage(f"distill: {label}", f"distill {name}",
+                 command("distill.py", teacher=teacher, student=preset, data=f"{corpus}/train", out_dir=out, **flags),
+                 f"{out}/student.pt", out,
+                 5 + audio_seconds(s, flags["max_steps"]) / SPEED["distill-fbank" if fbank else "distill"],
+                 needs=(f"{corpus}/synth.json",))
+
+
+def ctc_stage(runs, s: Sizing, name, label, init, budget, regularisation, steps, train_hours=None, fbank=False,
+              extra=None):
+    """finetune.py of one model at one label budget into RUNS/ctc/NAME-BUDGET: the demo's toy flags,
+    the budget's regularisers (REGULARISATION key), then `extra`. train_hours: the labelled subset."""
+    corpus, out = f"{runs}/corpus", f"{runs}/ctc/{name}-{budget}"
+    flags = dict(max_steps=steps, freeze_steps=s.freeze_steps, batch_seconds=s.batch_seconds,
+                 eval_every=s.eval_every, log_every=log_every(steps), seed=0, **FINETUNE,
+                 **REGULARISATION[regularisation], **FRONTEND_IN_CTC["fbank" if fbank else "cnn"])
+    if train_hours is not None:
+        flags.update(max_train_hours=train_hours)
+    flags.update(extra or {})
+    speed = SPEED["finetune-teacher" if init == SHIPPED_TEACHER else "finetune"]
+    return Stage(f"CTC fine-tune ({budget} label budget): {label}", f"ctc {name}-{budget}",
+                 command("finetune.py", init=init, train=f"{corpus}/train", valid=f"{corpus}/dev", out_dir=out,
+                         **flags),
+                 f"{out}/last.pt", out, 10 + audio_seconds(s, steps) / speed, needs=(init, f"{corpus}/synth.json"))
+
+
+def corpus_stage(runs, s: Sizing):
+    corpus = f"{runs}/corpus"
+    return Stage("toy corpus", "corpus", command("data.py", "synth", out=corpus, hours=s.hours, seed=0),
+                 f"{corpus}/synth.json", seconds=3600 * s.hours / SPEED["synth"])
+
+
 def plan(runs, s: Sizing, teacher=SHIPPED_TEACHER, spread=False):
     """The stages of a run, in the order they start: the teacher's fine-tuning runs (the longest
     ones) start first, so that the runs left at the end are short. The from-scratch row gets as
     many CTC steps as a distilled student gets distillation + CTC steps, so that its row isolates
     what distillation adds, not what more updates add."""
-    corpus = f"{runs}/corpus"
-    audio = lambda steps: steps * s.batch_seconds * REAL_AUDIO_SHARE  # seconds of audio trained on
-    stages = [Stage("toy corpus", "corpus", command("data.py", "synth", out=corpus, hours=s.hours, seed=0),
-                    f"{corpus}/synth.json", seconds=3600 * s.hours / SPEED["synth"])]
-    for row in rows_of(s)[1:]:
-        flags = dict(max_steps=s.distill_steps, batch_seconds=s.batch_seconds,
-                     log_every=log_every(s.distill_steps), seed=0, **DISTILL,
-                     **FRONTEND_IN_DISTILL["fbank" if row.fbank else "cnn"])
-        if row.fbank:
-            flags.update(frontend_steps=s.frontend_steps, max_steps=s.frontend_steps + s.distill_steps)
-        flags.update(row.flags or {})
-        if flags["max_steps"] > 0:  # the teacher's states, computed by the first student's run, read by all
-            flags.update(teacher_cache=f"{runs}/teacher-states.pt")
-        out = f"{runs}/students/{row.name}"
-        stages.append(Stage(f"distill: {row.label}", f"distill {row.name}",
-                            command("distill.py", teacher=teacher, student=row.preset, data=f"{corpus}/train",
-                                    out_dir=out, **flags),
-                            f"{out}/student.pt", out,
-                            5 + audio(flags["max_steps"]) / SPEED["distill-fbank" if row.fbank else "distill"],
-                            needs=(f"{corpus}/synth.json",)))
+    stages = [corpus_stage(runs, s)]
+    stages += [distill_stage(runs, s, row.name, row.label, row.preset, row.flags, teacher) for row in rows_of(s)[1:]]
     ctc = []
     for budget in s.budgets:
         for row in rows_of(s):
-            out = f"{runs}/ctc/{row.name}-{budget}"
             init = teacher if row.preset is None else f"{runs}/students/{row.name}/student.pt"
             steps = s.low_finetune_steps if budget == "low" else s.finetune_steps
             steps += s.distill_steps if row.name == "scratch" else 0
-            flags = dict(max_steps=steps, freeze_steps=s.freeze_steps, batch_seconds=s.batch_seconds,
-                         eval_every=s.eval_every, log_every=log_every(steps), seed=0, **FINETUNE, **REGULARISATION[budget],
-                         **FRONTEND_IN_CTC["fbank" if row.fbank else "cnn"])
-            if budget == "low":
-                flags.update(max_train_hours=s.low_hours)
-            speed = SPEED["finetune" if row.preset else "finetune-teacher"]
-            ctc.append(Stage(f"CTC fine-tune ({budget} label budget): {row.label}", f"ctc {row.name}-{budget}",
-                             command("finetune.py", init=init, train=f"{corpus}/train", valid=f"{corpus}/dev",
-                                     out_dir=out, **flags),
-                             f"{out}/last.pt", out, 10 + audio(steps) / speed, needs=(init, f"{corpus}/synth.json")))
+            ctc.append(ctc_stage(runs, s, row.name, row.label, init, budget, budget, steps,
+                                 s.low_hours if budget == "low" else None, row.fbank))
     for row in [r for r in rows_of(s) if spread and r.name in SPREAD_ROWS and "low" in s.budgets]:
         first = next(st for st in ctc if st.out_dir == f"{runs}/ctc/{row.name}-low")
         for seed in SPREAD_SEEDS:

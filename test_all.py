@@ -49,6 +49,7 @@ import model
 import pretrain
 import runtime
 import scoring
+import study
 import tools.bench as bench
 from data import (BLANK, BucketBatchSampler, MIN_UTTERANCES, SAMPLE_RATE, SPLIT_SHARES, VOCAB,
                   collate, decode, encode, load_audio, load_corpus, make_loader, make_speakers,
@@ -2465,6 +2466,64 @@ def test_from_scratch_student_is_the_teacher_cnn_and_an_untrained_transformer(tm
         assert torch.equal(student.feature_extractor.state_dict()[k], v), k
     norms = [m for m in student.encoder.transformer.modules() if isinstance(m, torch.nn.LayerNorm)]
     assert norms and all(torch.all(m.weight == 1) and torch.all(m.bias == 0) for m in norms)  # as initialised
+
+
+# ----------------------------------------------------------------------------------------------
+# study.py: the claims study's plan (every stage a command its CLI accepts) and its report
+
+
+def test_study_plan_runs_every_part_through_the_clis_within_its_forecast():
+    stages = study.plan("runs/s", study.PARTS)
+    assert len({st.tag for st in stages}) == len(stages) and len({st.done for st in stages}) == len(stages)
+    parsers = {"distill.py": distill.parse_args, "finetune.py": finetune.parse_args, "data.py": None}
+    for st in stages:  # the path a user takes: each stage's command line parses in its script
+        if parsers[st.argv[0]]:
+            parsers[st.argv[0]](st.argv[1:])
+    argv = {st.tag: " ".join(st.argv) for st in stages}
+    assert "--keep-layers 2" in argv["ctc teacher-2-61min"] and "--student-init cnn" in argv["distill sw-random-800"]
+    assert "--max-steps 12800" in argv["distill dt-12800"] and "--disc-weight 0.5 " in argv["distill dt-disc0.5-800-seed2"]
+    assert "--max-train-hours 0.05" in argv["ctc dt-800-3min"] and "--seed 1" in argv["distill dt-800-seed1"]
+    evals = [st for st in stages if st.tag.startswith("eval")]
+    assert len(evals) == sum(st.tag.startswith("ctc") for st in stages)  # every CTC model is decoded
+    assert study.forecast(stages, 2) <= study.FORECAST_LIMIT
+    known = study.models(study.PARTS)
+    for part, question, a, b, budgets in study.COMPARISONS:  # every comparison's models are planned
+        assert all(set(budgets) <= known[n].budgets for n in a + b), question
+    target = model.count_parameters(model.build_student("toy-fithubert"))
+    for name in ("dt-l2-3200", "dt-l4-3200", "dt-l6-3200"):
+        f = known[name].distill
+        n = model.count_parameters(model.build_student("toy-fithubert", layers=f["layers"], dim=f["dim"], ffn=f["ffn"]))
+        assert abs(n - target) <= 0.05 * target, name
+    assert study.parse_args(["--parts", "b,a"]).parts == "ab"
+    with pytest.raises(SystemExit):
+        study.parse_args(["--parts", "x"])
+
+
+def test_study_report_pools_seeds_and_pairs_utterances(tmp_path):
+    runs = tmp_path / "runs"
+    write_tone_corpus(runs / "corpus" / "test", utterances=6)
+    (runs / "corpus" / "synth.json").write_text("{}")
+    refs = study.test_references(str(runs))
+    known = study.models("e")
+    ids = sorted(refs)
+
+    def hyps(name, minutes, wrong):  # the first `wrong` utterances lose their first word
+        folder = runs / "ctc" / f"{name}-{minutes}min"
+        folder.mkdir(parents=True)
+        lines = [f"{i}\t{' '.join(refs[i].split()[1:]) if k < wrong else refs[i]}\n" for k, i in enumerate(ids)]
+        (folder / "best.test.hyp.txt").write_text("".join(lines))
+    for seed, (plain, disc) in enumerate([(3, 1), (2, 2), (4, 0)]):
+        hyps("dt-800" if seed == 0 else f"dt-800-seed{seed}", 6, plain)
+        hyps(f"dt-disc0.5-800-seed{seed}", 6, disc)
+    result = study.report(str(runs), known)
+    words = 3 * len(ids)
+    assert result["wers"]["dt-800"][6] == pytest.approx(100 * 3 / words)
+    (c,) = [c for c in result["comparisons"] if "3 seeds" in c["question"]]
+    assert c["minutes"] == 6 and c["per_seed"] == pytest.approx([100 * d / words for d in (-2, 0, -4)])
+    assert c["difference"] == pytest.approx(sum(c["per_seed"]) / 3)  # pooled: the mean WER over seeds
+    assert c["interval"][0] <= c["difference"] <= c["interval"][1] <= 0 and c["verdict"] in ("holds", "undecided")
+    assert study.markdown({**result, "command": "python study.py", "machine": "m", "date": "d", "done": 1,
+                           "stages": 2}, known).count("3 seeds pooled") == 1
 
 
 # ----------------------------------------------------------------------------------------------
