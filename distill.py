@@ -274,8 +274,26 @@ def distill_loss(args, teacher, distiller, waves, lengths, frontend_only, teache
     if args.disc_weight > 0 and not frontend_only:  # the teacher's distribution p_T over its codewords
         t_logits = trim(teacher.head.logits(t_hidden[-1].float(), args.tau), T)
         s_logits = trim(s_logits.float(), T)
-    return losses.distillation_loss(pred, target, mask, s_logits, t_logits, args.l1_weight, args.cos_weight,
-                                    args.disc_weight, args.disc_head, frontend_only)
+    loss, parts = losses.distillation_loss(pred, target, mask, s_logits, t_logits, args.l1_weight, args.cos_weight,
+                                           args.disc_weight, args.disc_head, frontend_only)
+    if teacher.head is not None and not frontend_only and layers[-1] == len(t_hidden) - 1:
+        parts.update(unit_agreement(teacher.head, trim(t_hidden[-1].float(), T), pred[-1].detach(), s_logits, mask))
+    return loss, parts
+
+
+@torch.no_grad()
+def unit_agreement(head, t_last, pred_last, s_logits, mask):
+    """How much of the teacher's codeword choice the student already has, on real frames: the share
+    where the teacher's head picks the same unit on the student's regression of its last layer
+    ("unit_reg") and, with a discriminative head, the student's own argmax ("unit_disc"), against
+    the share of the batch's most frequent unit ("unit_top": always guessing it scores that)."""
+    real = ~mask
+    unit = head.logits(t_last).argmax(-1)[real]
+    parts = {"unit_reg": (head.logits(pred_last).argmax(-1)[real] == unit).float().mean().item(),
+             "unit_top": unit.bincount().max().item() / max(1, len(unit))}
+    if s_logits is not None:
+        parts["unit_disc"] = (s_logits.argmax(-1)[real] == unit).float().mean().item()
+    return parts
 
 
 def distiller_module(m):
