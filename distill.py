@@ -1,17 +1,15 @@
 """Distillation driver: a frozen HuBERT teacher teaches a small student.
 
-The loop is written out in main(): teacher forward (no grad), student forward, regression loss
-on the predicted teacher layers (L1 + cosine, DistilHuBERT), optional discriminative loss (KL to
-the teacher's distribution over HuBERT's codewords, the paper's Sec. 3.2), backward, clip, step,
-log. The student's distillation heads (DistillHeads) live here, beside the Distiller that joins
-them to the student: they exist only for this loop and are dropped before fine-tuning.
-Defaults are the authors' (AdamW 2e-4, 7% warmup then linear decay, betas 0.9/0.98, eps 1e-6,
-weight decay 0.01 on weights and none on biases, clip 5; their optimizer is s3prl's Lamb in Adam
-mode, which is AdamW without bias correction) except --tau 0.1, HuBERT's own (theirs is in an
-unreleased config; each run prints how far the teacher's codeword distribution is from uniform). Fbank students first train only their
-front-end for --frontend-steps (Sec. 3.3), optionally with --specaugment. Frozen work can be done
-once (caches.py): --teacher-cache keeps the teacher's hidden states in a file, --cache-frontend
-keeps a CNN student's front-end (the teacher's CNN) frozen and its output in memory.
+The loop is written out in main(): teacher forward (no grad), student forward, regression loss on
+the predicted teacher layers (L1 + cosine, DistilHuBERT), optional discriminative loss (KL to the
+teacher's distribution over HuBERT's codewords, the paper's Sec. 3.2), backward, clip, step, log.
+The distillation heads (DistillHeads) live here: only this loop uses them. Defaults are the authors'
+(AdamW 2e-4, 7% warmup then linear decay, betas 0.9/0.98, eps 1e-6, weight decay 0.01 on weights and
+none on biases, clip 5; their optimizer is s3prl's Lamb in Adam mode: AdamW without bias correction)
+except --tau 0.1, HuBERT's own (theirs is unreleased; each run prints how far the teacher's codeword
+distribution is from uniform). Fbank students first train only their front-end for --frontend-steps
+(Sec. 3.3), optionally with --specaugment. --teacher-cache keeps the teacher's hidden states in a
+file, --cache-frontend a CNN student's frozen front-end output in memory (caches.py).
 Runs unchanged under `torchrun --nproc_per_node=N distill.py ...` (DistributedDataParallel);
 Ctrl-C (or SIGTERM) stops at the next step with a checkpoint; --resume continues bit-exactly.
 
@@ -94,6 +92,8 @@ def add_student_args(g):
     g.add_argument("--dim", type=int, help="override the preset's width")
     g.add_argument("--ffn", type=int, help="override the preset's FFN inner width")
     g.add_argument("--heads", type=int, help="override the preset's attention heads")
+    g.add_argument("--feature-layer-norm", action=argparse.BooleanOptionalAction, default=False,
+                   help="a LayerNorm on the CNN features, as HuBERT has (the authors' students have none)")
     g.add_argument("--attention-dropout", type=float,
                    help="override the preset's dropout on attention weights (0.1, the authors' distiller); "
                         "PyTorch's fused CPU attention has no dropout, so 0 is much faster on a CPU")
@@ -283,10 +283,9 @@ def distill_loss(args, teacher, distiller, waves, lengths, frontend_only, teache
 
 @torch.no_grad()
 def unit_agreement(head, t_last, pred_last, s_logits, mask):
-    """How much of the teacher's codeword choice the student already has, on real frames: the share
-    where the teacher's head picks the same unit on the student's regression of its last layer
-    ("unit_reg") and, with a discriminative head, the student's own argmax ("unit_disc"), against
-    the share of the batch's most frequent unit ("unit_top": always guessing it scores that)."""
+    """Shares of real frames where the teacher's unit is picked by the teacher's head on the student's
+    regression of its last layer ("unit_reg") and by the student's disc head ("unit_disc"), against
+    always guessing the batch's commonest unit ("unit_top")."""
     real = ~mask
     unit = head.logits(t_last).argmax(-1)[real]
     parts = {"unit_reg": (head.logits(pred_last).argmax(-1)[real] == unit).float().mean().item(),
@@ -477,7 +476,8 @@ def build_distiller(args, teacher, resume, ckpt_path, utterances, device, rank):
     else:
         student = model.build_student(args.student, teacher, init=args.student_init, layers=args.layers,
                                       dim=args.dim, ffn=args.ffn, heads=args.heads,
-                                      attention_dropout=args.attention_dropout, specaugment=args.specaugment)
+                                      attention_dropout=args.attention_dropout, specaugment=args.specaugment,
+                                      feature_layer_norm=args.feature_layer_norm)
     distiller, pairs = make_distiller(args, args.student, student, teacher)
     distiller.to(device)
     if student.config.frontend == "fbank" and resume is None:

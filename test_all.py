@@ -499,11 +499,13 @@ def test_sw_student_copies_what_the_authors_distiller_copies(toy_corpus, tmp_pat
     assert not any(k.startswith("encoder.feature_projection.layer_norm") for k in student.state_dict())
     ln = student.encoder.transformer.layer_norm
     assert torch.equal(ln.weight, torch.ones_like(ln.weight)) and torch.equal(ln.bias, torch.zeros_like(ln.bias))
-    # --student-init cnn: the S&W shape on a random transformer (the D&T init), the study's control
-    run_distill(["--student", "distilhubert", "--student-init", "cnn", "--max-steps", "0"], toy_corpus, str(path),
-                tmp_path / "sw-random")
+    # --student-init cnn: the S&W shape on a random transformer (the D&T init), the study's control;
+    # --feature-layer-norm: HuBERT's LayerNorm on the CNN features, fresh (the demo's from-scratch row)
+    run_distill(["--student", "distilhubert", "--student-init", "cnn", "--feature-layer-norm", "--max-steps", "0"],
+                toy_corpus, str(path), tmp_path / "sw-random")
     random = load_teacher(str(tmp_path / "sw-random" / "student.pt")).encoder
     assert (random.config.layers, random.config.dim) == (2, teacher.config.dim)
+    assert random.config.feature_layer_norm and "encoder.feature_projection.layer_norm.weight" in random.state_dict()
     for k, v in random.state_dict().items():
         assert torch.equal(v, t_state[k]) == k.startswith("feature_extractor."), k
 
