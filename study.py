@@ -222,14 +222,21 @@ def report(runs, known):
                             for x, y in zip(a, b)]
                 found.append({"part": part, "question": question, "minutes": minutes, "difference": point,
                               "interval": [lo, hi], "verdict": verdict((point, lo, hi)), "per_seed": per_seed})
-    cosines = {}
+    return {"wers": wers, "comparisons": found, "distillation": last_logs(runs, known), "test_utterances": len(refs)}
+
+
+def last_logs(runs, known):
+    """Each distillation's last log line (log.jsonl): its per-layer cosine loss and the unit
+    agreements (distill.unit_agreement: does the student already pick the teacher's codeword?)."""
+    out = {}
     for m in known.values():
         log = f"{runs}/students/{m.name}/log.jsonl"
         if m.preset and os.path.exists(log):
             with open(log) as f:
-                last = [json.loads(line) for line in f][-1]
-            cosines[m.name] = {"step": last.get("step"), "cos_layers": last.get("cos_layers")}
-    return {"wers": wers, "comparisons": found, "cosines": cosines, "test_utterances": len(refs)}
+                last = [json.loads(line) for line in f if '"loss"' in line][-1:] or [{}]
+            out[m.name] = {k: last[0][k] for k in ("step", "cos_layers", "unit_reg", "unit_disc", "unit_top")
+                           if k in last[0]}
+    return out
 
 
 def markdown(result, known):
@@ -244,7 +251,67 @@ def markdown(result, known):
         seeds = f"; per seed {', '.join(f'{d:+.1f}' for d in c['per_seed'])}" if len(c["per_seed"]) > 1 else ""
         lines.append(f"- {c['question']}, {c['minutes']} min: **{c['verdict']}** ({c['difference']:+.1f} "
                      f"[{c['interval'][0]:+.1f}, {c['interval'][1]:+.1f}]{seeds})")
+    lines += ["", "Distillation at its last logged step: cosine loss -log sigmoid(cos) mean over predicted layers; "
+              "share of frames where the teacher's codeword head picks the teacher's unit on the student's "
+              "regression (reg) and by the student's disc head (disc), against always guessing the batch's "
+              "commonest unit (top):", "", "| student | step | cos loss | reg | disc | top |", "|---|---:|---:|---:|---:|---:|"]
+    pct = lambda d, k: f"{100 * d[k]:.1f}%" if k in d else ""
+    for name, d in result["distillation"].items():
+        cos = f"{np.mean(d['cos_layers']):.3f}" if d.get("cos_layers") else ""
+        lines.append(f"| {known[name].label} | {d.get('step', '')} | {cos} | {pct(d, 'unit_reg')} | "
+                     f"{pct(d, 'unit_disc')} | {pct(d, 'unit_top')} |")
     return "\n".join(lines) + "\n"
+
+
+def plot(result, path):
+    """study.png: test WER by teacher depth and student structure (a, d), by distillation steps (c),
+    the per-layer cosine loss of c's students, and by label budget with and without the
+    discriminative loss (e), each over the models done so far."""
+    import matplotlib
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+    w, logs = result["wers"], result["distillation"]
+    fig, ax = plt.subplots(1, 4, figsize=(18, 4))
+    series = lambda names_x, minutes: [(x, w[n][minutes]) for n, x in names_x if minutes in w.get(n, {})]
+    line = lambda a, pts, **kw: pts and a.plot(*zip(*pts), marker="o", **kw)
+    line(ax[0], series([(f"teacher-{n}", n) for n in (2, 4, 8, 12)], 61), label="a: teacher, first N layers")
+    line(ax[0], series([(f"dt-l{n}-{STRUCTURE_STEPS}" if n < 12 else f"dt-{STRUCTURE_STEPS}", n)
+                        for n in STRUCTURE_LAYERS], 61), label=f"d: student at D&T's size, {STRUCTURE_STEPS} steps")
+    ax[0].set(xlabel="transformer layers", title="depth (61 min labels)")
+    for style, minutes in (("-", 6), ("--", 61)):
+        line(ax[1], series([("sw-0", 0)] + [(f"sw-{n}", n) for n in LENGTHS], minutes), ls=style, color="C0",
+             label=f"S&W, {minutes} min")
+        line(ax[1], series([(f"dt-{n}", n) for n in LENGTHS], minutes), ls=style, color="C1", label=f"D&T, {minutes} min")
+    ax[1].set(xlabel="distillation steps", xscale="symlog", title="c: distillation length")
+    for i, n in enumerate(LENGTHS):
+        for name, color in ((f"sw-{n}", "C0"), (f"dt-{n}", "C1")):
+            cos = logs.get(name, {}).get("cos_layers")
+            if cos:
+                ax[2].plot(range(1, len(cos) + 1), cos, marker=".", color=color, alpha=0.4 + 0.3 * i, label=name)
+    ax[2].set(xlabel="predicted teacher layer (in order)", ylabel="-log sigmoid(cos)", title="c: per-layer cosine loss")
+    minutes = sorted(BUDGETS)
+    for prefix, label, color in (("dt-800", "D&T", "C1"), ("dt-disc0.5-800", "D&T + disc 0.5", "C2")):
+        names = [n for n in w if n == prefix or n.startswith(prefix + "-seed")]
+        pts = [(m, [w[n][m] for n in names if m in w[n]]) for m in minutes]
+        pts = [(m, np.mean(v), min(v), max(v)) for m, v in pts if v]
+        if pts:
+            m, mean, lo, hi = map(np.array, zip(*pts))
+            ax[3].errorbar(m, mean, yerr=[mean - lo, hi - mean], marker="o", capsize=3, color=color,
+                           label=f"{label} (seed mean, min-max)")
+    for wt, color in zip(DISC_WEIGHTS, ("C3", "C4")):
+        line(ax[3], sorted(w.get(f"dt-disc{wt}-800-seed0", {}).items()), ls=":", color=color,
+             label=f"D&T + disc {wt}, seed 0")
+    ax[3].set(xlabel="minutes of labels", xscale="log", title="e: the discriminative loss")
+    for a in ax:
+        a.grid(alpha=0.3)
+        if a.get_legend_handles_labels()[0]:
+            a.legend(fontsize=7)
+    for a in (ax[0], ax[1], ax[3]):
+        a.set_ylabel("test WER (%), lower is better")
+    fig.suptitle("Claims study: test WER of each model, fine-tuned with CTC", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -291,6 +358,7 @@ def main(args):
         json.dump(result, f, indent=2)
     with open(base + ".md", "w") as f:
         f.write(markdown(result, known))
+    plot(result, base + ".png")
     print(markdown(result, known), flush=True)
 
 

@@ -2517,15 +2517,24 @@ def test_study_report_pools_seeds_and_pairs_utterances(tmp_path):
     for seed, (plain, disc) in enumerate([(3, 1), (2, 2), (4, 0)]):
         hyps("dt-800" if seed == 0 else f"dt-800-seed{seed}", 6, plain)
         hyps(f"dt-disc0.5-800-seed{seed}", 6, disc)
+    (runs / "students" / "dt-800").mkdir(parents=True)  # the last loss line is read, dev WER lines are not
+    (runs / "students" / "dt-800" / "log.jsonl").write_text(
+        '{"step": 400, "loss": 1.0, "cos_layers": [0.5, 0.7]}\n{"step": 800, "loss": 0.5, "cos_layers": [0.3, 0.5], '
+        '"unit_reg": 0.25, "unit_top": 0.05}\n{"step": 800, "dev_wer": 90.0}\n')
     result = study.report(str(runs), known)
+    assert result["distillation"] == {"dt-800": {"step": 800, "cos_layers": [0.3, 0.5], "unit_reg": 0.25,
+                                                 "unit_top": 0.05}}
     words = 3 * len(ids)
     assert result["wers"]["dt-800"][6] == pytest.approx(100 * 3 / words)
     (c,) = [c for c in result["comparisons"] if "3 seeds" in c["question"]]
     assert c["minutes"] == 6 and c["per_seed"] == pytest.approx([100 * d / words for d in (-2, 0, -4)])
     assert c["difference"] == pytest.approx(sum(c["per_seed"]) / 3)  # pooled: the mean WER over seeds
     assert c["interval"][0] <= c["difference"] <= c["interval"][1] <= 0 and c["verdict"] in ("holds", "undecided")
-    assert study.markdown({**result, "command": "python study.py", "machine": "m", "date": "d", "done": 1,
-                           "stages": 2}, known).count("3 seeds pooled") == 1
+    md = study.markdown({**result, "command": "python study.py", "machine": "m", "date": "d", "done": 1,
+                         "stages": 2}, known)
+    assert md.count("3 seeds pooled") == 1 and "| D&T, 800 steps, seed 0 | 800 | 0.400 | 25.0% |  | 5.0% |" in md
+    study.plot(result, tmp_path / "study.png")
+    assert (tmp_path / "study.png").stat().st_size > 10_000
 
 
 # ----------------------------------------------------------------------------------------------
