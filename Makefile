@@ -26,7 +26,8 @@ demo: $(VENV)/.installed
 	$(PY) demo.py $(if $(filter 1 yes true,$(QUICK)),--quick) $(if $(HOURS),--hours $(HOURS)) \
 		$(if $(STEPS),--steps $(STEPS)) $(if $(RUNS),--runs $(RUNS))
 
-# make study: the claims study (study.py; ~4.5 h on 2 CPU cores, resumable: run it again to go on;
+# make study: the claims study (study.py; ~4.5 h on 2 CPU cores, ~4 h after make demo, whose runs/demo
+# it shares; resumable: run it again to go on;
 # PARTS=a,b for some parts); results in results/study.{json,md}.
 study: $(VENV)/.installed
 	$(PY) study.py $(if $(PARTS),--parts $(PARTS))

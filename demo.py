@@ -287,6 +287,13 @@ def corpus_stage(runs, s: Sizing):
                  f"{corpus}/synth.json", seconds=3600 * s.hours / SPEED["synth"])
 
 
+def settings_of(s: Sizing):
+    """What a runs folder's outputs depend on (demo_settings.json): a folder holds one of them."""
+    return {**asdict(s), "teacher": TEACHER, "teacher_sha256": file_sha256(SHIPPED_TEACHER),
+            "rows": [asdict(r) for r in rows_of(s)], "distill": DISTILL, "finetune": FINETUNE,
+            "regularisation": REGULARISATION, "frontend": {"distill": FRONTEND_IN_DISTILL, "ctc": FRONTEND_IN_CTC}}
+
+
 def plan(runs, s: Sizing, teacher=SHIPPED_TEACHER, spread=False):
     """The stages of a run, in the order they start: the teacher's fine-tuning runs (the longest
     ones) start first, so that the runs left at the end are short. The from-scratch row gets as
@@ -439,11 +446,7 @@ def main(args):
     start = time.time()
     record = check_teacher()
     runs, s = args.runs or os.path.join("runs", name), sizing_for(args)
-    settings = {**asdict(s), "teacher": TEACHER, "teacher_sha256": file_sha256(SHIPPED_TEACHER),
-                "rows": [asdict(r) for r in rows_of(s)], "distill": DISTILL, "finetune": FINETUNE,
-                "regularisation": REGULARISATION,
-                "frontend": {"distill": FRONTEND_IN_DISTILL, "ctc": FRONTEND_IN_CTC}}
-    check_settings(runs, settings)
+    check_settings(runs, settings_of(s))
     stages = plan(runs, s, spread=args.seed_spread)
     times = run_stages(stages, runs, start, args.jobs)
 

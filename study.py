@@ -15,7 +15,9 @@ resumable after Ctrl-C or a lost session, demo_parts/stages.py):
   e. the discriminative loss: D&T without and with it (weight 0.5), 3 distillation seeds each,
      weights 0.2 and 0.8 with one seed, fine-tuned with 3, 6, 20 and 61 min of labels.
 
-Every fine-tuned model is decoded on the test set (finetune.py --eval); study.json and study.md
+The study runs in the demo's folder (runs/demo): its models that are demo rows (the teacher, S&W,
+D&T and D&T + disc 0.5 after 800 steps, seed 0) at the demo's two label budgets are the demo's
+own stages, same flags and folders, run once for both (DEMO_NAMES). Every fine-tuned model is decoded on the test set (finetune.py --eval); study.json and study.md
 in --results hold every test WER and each comparison as a paired bootstrap interval over the
 test utterances (over the pooled seeds in e, with the per-seed differences beside it).
 
@@ -59,10 +61,17 @@ class Budget:
     hours: float          # finetune.py --max-train-hours; None: the whole train split (61 min)
     steps: int
     regularisation: str
+    folder: str           # RUNS/ctc/MODEL-FOLDER; the demo's two budgets keep the demo's names
 
 
-BUDGETS = {b.minutes: b for b in (Budget(3, 0.05, 700, "low"), Budget(6, 0.1, 700, "low"),
-                                  Budget(20, 1 / 3, 1200, "low"), Budget(61, None, 1800, "high"))}
+BUDGETS = {b.minutes: b for b in (Budget(3, 0.05, 700, "low", "3min"), Budget(6, 0.1, 700, "low", "low"),
+                                  Budget(20, 1 / 3, 1200, "low", "20min"), Budget(61, None, 1800, "high", "high"))}
+# The study's models that are the demo's rows, by the demo's name (folder under RUNS/students, ctc)
+DEMO_NAMES = {"teacher-12": "teacher", "sw-800": "sw", "dt-800": "dt", "dt-disc0.5-800-seed0": "dt-disc"}
+
+
+def folder(name):
+    return DEMO_NAMES.get(name, name)
 
 
 @dataclass
@@ -110,7 +119,8 @@ def models(parts, lengths=LENGTHS):
     both = (6, 61)
     if "a" in parts:
         for n in (2, 4, 8, 12):
-            add(Model(f"teacher-{n}", f"teacher, first {n} layers", None, ctc={"keep_layers": n}, budgets={61}))
+            add(Model(f"teacher-{n}", f"teacher, first {n} layers", None, ctc={"keep_layers": n} if n < 12 else None,
+                      budgets={61}))
     if "b" in parts:
         add(student("sw-0", "S&W, 0 distillation steps", "toy-distilhubert", 0, both))
         add(student("sw-random-800", "S&W shape, random transformer, 800 steps", "toy-distilhubert", 800, both,
@@ -142,15 +152,16 @@ def plan(runs, parts, lengths=LENGTHS):
     """Corpus, distillations, CTC runs (longest first) and test decodes of the study's models."""
     s, stages, ctc, evals = SIZING, [demo.corpus_stage(runs, SIZING)], [], []
     for m in models(parts, lengths).values():
+        name = folder(m.name)
         if m.preset:
-            stages.append(demo.distill_stage(runs, s, m.name, m.label, m.preset, m.distill))
-        init = demo.SHIPPED_TEACHER if m.preset is None else f"{runs}/students/{m.name}/student.pt"
+            stages.append(demo.distill_stage(runs, s, name, m.label, m.preset, m.distill))
+        init = demo.SHIPPED_TEACHER if m.preset is None else f"{runs}/students/{name}/student.pt"
         for minutes in sorted(m.budgets):
             b = BUDGETS[minutes]
-            st = demo.ctc_stage(runs, s, m.name, m.label, init, f"{minutes}min", b.regularisation, b.steps,
-                                b.hours, extra=m.ctc)
+            st = demo.ctc_stage(runs, s, name, m.label, init, b.folder, b.regularisation, b.steps, b.hours,
+                                extra=m.ctc)
             ctc.append(st)
-            evals.append(Stage(f"test WER: {st.title}", f"eval {m.name}-{minutes}min",
+            evals.append(Stage(f"test WER: {st.title}", f"eval {name}-{b.folder}",
                                command("finetune.py", eval=f"{st.out_dir}/best.pt", data=f"{runs}/corpus/test"),
                                f"{st.out_dir}/best.test.hyp.txt", seconds=30, needs=(st.done,)))
     return stages + sorted(ctc, key=lambda st: -st.seconds) + evals
@@ -209,7 +220,7 @@ def report(runs, known):
     errors, wers, words = {}, {}, None
     for m in known.values():
         for minutes in sorted(m.budgets):
-            path = f"{runs}/ctc/{m.name}-{minutes}min/best.test.hyp.txt"
+            path = f"{runs}/ctc/{folder(m.name)}-{BUDGETS[minutes].folder}/best.test.hyp.txt"
             if os.path.exists(path):
                 words, errors[m.name, minutes] = read_errors(path, refs)
                 wers.setdefault(m.name, {})[minutes] = 100.0 * sum(errors[m.name, minutes]) / sum(words)
@@ -230,7 +241,7 @@ def last_logs(runs, known):
     agreements (distill.unit_agreement: does the student already pick the teacher's codeword?)."""
     out = {}
     for m in known.values():
-        log = f"{runs}/students/{m.name}/log.jsonl"
+        log = f"{runs}/students/{folder(m.name)}/log.jsonl"
         if m.preset and os.path.exists(log):
             with open(log) as f:
                 last = [json.loads(line) for line in f if '"loss"' in line][-1:] or [{}]
@@ -321,7 +332,8 @@ def plot(result, path):
 def parse_args(argv=None):
     p = make_parser(__doc__)
     p.add_argument("--parts", default=PARTS, help="which parts to run, e.g. a,b (default: all)")
-    p.add_argument("--runs", default=os.path.join("runs", "study"), help="folder of the stages' outputs")
+    p.add_argument("--runs", default=os.path.join("runs", "demo"), help="folder of the stages' outputs (the "
+                   "demo's: the stages the demo has run are not run again)")
     p.add_argument("--results", default="results", help="folder for study.json and study.md")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="stages run side by side")
     p.add_argument("--report", action="store_true", help="only write the results of the stages done so far")
@@ -344,9 +356,8 @@ def main(args):
     print(f"study: parts {','.join(args.parts)}, {len(stages)} stages, forecast "
           f"{format_duration(forecast(stages, args.jobs))} on {args.jobs} cores", flush=True)
     if not args.report:
-        check_settings(args.runs, {"sizing": asdict(SIZING), "budgets": [asdict(b) for b in BUDGETS.values()],
-                                   "distill": demo.DISTILL, "finetune": demo.FINETUNE,
-                                   "teacher_sha256": demo.file_sha256(demo.SHIPPED_TEACHER)})
+        check_settings(args.runs, demo.settings_of(SIZING))  # the demo's folder, with the demo's settings
+        check_settings(args.runs, {"budgets": [asdict(b) for b in BUDGETS.values()]}, "study_settings.json")
         run_stages(stages, args.runs, time.time(), args.jobs)
     result = {"command": shlex.join(["python", "study.py", *sys.argv[1:]]), "machine": machine(),
               "date": datetime.date.today().isoformat(), "parts": args.parts, "lengths": list(lengths),

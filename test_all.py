@@ -2482,9 +2482,17 @@ def test_study_plan_runs_every_part_through_the_clis_within_its_forecast():
         if parsers[st.argv[0]]:
             parsers[st.argv[0]](st.argv[1:])
     argv = {st.tag: " ".join(st.argv) for st in stages}
-    assert "--keep-layers 2" in argv["ctc teacher-2-61min"] and "--student-init cnn" in argv["distill sw-random-800"]
+    assert "--keep-layers 2" in argv["ctc teacher-2-high"] and "--student-init cnn" in argv["distill sw-random-800"]
     assert "--max-steps 12800" in argv["distill dt-12800"] and "--disc-weight 0.5 " in argv["distill dt-disc0.5-800-seed2"]
-    assert "--max-train-hours 0.05" in argv["ctc dt-800-3min"] and "--seed 1" in argv["distill dt-800-seed1"]
+    assert "--max-train-hours 0.05" in argv["ctc dt-3min"] and "--seed 1" in argv["distill dt-800-seed1"]
+    # the stages in the demo's folders are the demo's: the same parsed arguments, run once for both
+    ours = {st.done: st for st in stages}
+    shared = [st for st in demo.plan("runs/s", demo.SIZINGS["full"]) if st.done in ours]
+    assert {st.tag for st in shared} == {"corpus", "distill sw", "distill dt", "distill dt-disc", *(
+        f"ctc {n}-{b}" for n in ("sw", "dt", "dt-disc") for b in ("low", "high")), "ctc teacher-high"}
+    for st in shared:
+        if parsers[st.argv[0]]:
+            assert vars(parsers[st.argv[0]](st.argv[1:])) == vars(parsers[st.argv[0]](ours[st.done].argv[1:])), st.tag
     evals = [st for st in stages if st.tag.startswith("eval")]
     assert len(evals) == sum(st.tag.startswith("ctc") for st in stages)  # every CTC model is decoded
     assert study.forecast(stages, 2) <= study.FORECAST_LIMIT
@@ -2510,15 +2518,15 @@ def test_study_report_pools_seeds_and_pairs_utterances(tmp_path):
     ids = sorted(refs)
 
     def hyps(name, minutes, wrong):  # the first `wrong` utterances lose their first word
-        folder = runs / "ctc" / f"{name}-{minutes}min"
+        folder = runs / "ctc" / f"{study.folder(name)}-{study.BUDGETS[minutes].folder}"
         folder.mkdir(parents=True)
         lines = [f"{i}\t{' '.join(refs[i].split()[1:]) if k < wrong else refs[i]}\n" for k, i in enumerate(ids)]
         (folder / "best.test.hyp.txt").write_text("".join(lines))
     for seed, (plain, disc) in enumerate([(3, 1), (2, 2), (4, 0)]):
         hyps("dt-800" if seed == 0 else f"dt-800-seed{seed}", 6, plain)
         hyps(f"dt-disc0.5-800-seed{seed}", 6, disc)
-    (runs / "students" / "dt-800").mkdir(parents=True)  # the last loss line is read, dev WER lines are not
-    (runs / "students" / "dt-800" / "log.jsonl").write_text(
+    (runs / "students" / "dt").mkdir(parents=True)  # the demo's D&T; the last loss line is read, not dev WERs
+    (runs / "students" / "dt" / "log.jsonl").write_text(
         '{"step": 400, "loss": 1.0, "cos_layers": [0.5, 0.7]}\n{"step": 800, "loss": 0.5, "cos_layers": [0.3, 0.5], '
         '"unit_reg": 0.25, "unit_top": 0.05}\n{"step": 800, "dev_wer": 90.0}\n')
     result = study.report(str(runs), known)

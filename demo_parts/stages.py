@@ -56,9 +56,9 @@ def stage_state(stage):
     return "new"
 
 
-def check_settings(runs, settings):
+def check_settings(runs, settings, name="demo_settings.json"):
     """A runs folder holds one sizing: refuse to mix its outputs with those of other settings."""
-    path = os.path.join(runs, "demo_settings.json")
+    path = os.path.join(runs, name)
     settings = json.loads(json.dumps(settings))  # as the file holds them: tuples become lists
     if os.path.exists(path):
         with open(path) as f:
