@@ -44,6 +44,8 @@ VOCAB = ["<pad>", "<s>", "</s>", "<unk>", "|", "E", "T", "A", "O", "N", "I", "H"
 BLANK = 0  # "<pad>" is the CTC blank, as in fairseq and transformers
 WORD_SEP = "|"  # stands for the space between words
 TARGET_PAD = -100  # padding value of CTC targets (PyTorch's ignore_index convention)
+# What stops a run at its next step (runtime.GracefulStop); SIGBREAK: Windows' Ctrl-Break
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM) + ((signal.SIGBREAK,) if hasattr(signal, "SIGBREAK") else ())
 _CHAR_TO_ID = {c: i for i, c in enumerate(VOCAB) if len(c) == 1 and c != WORD_SEP}
 
 # ----------------------------------------------------------------------------------------------
@@ -286,8 +288,8 @@ def collate(items):
 
 def ignore_stop_signals(worker_id):
     """DataLoader workers ignore Ctrl-C and SIGTERM: the main process ends its step, saves, stops them."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for s in STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
 
 
 def make_loader(utterances, batch_seconds, shuffle, seed, rank=0, world_size=1, num_workers=0):

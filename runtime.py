@@ -65,7 +65,7 @@ def add_io_args(g, outputs, required=True):
     g.add_argument("--stop-after", type=int, help="end this run after N more steps, with a checkpoint to "
                    "--resume from (time-boxed jobs); the LR schedule still spans --max-steps")
     g.add_argument("--seed", type=int, default=0, help="random seed (rank r uses seed + r)")
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    g.add_argument("--device", default="auto", help="auto (cuda, else mps, else cpu), cpu, cuda, cuda:1, mps, ...")
 
 
 def run_main(main, parse_args):
@@ -84,9 +84,12 @@ def run_main(main, parse_args):
 
 
 def pick_device(name):
-    """"auto" -> cuda when there is one, else cpu; anything else as torch names it."""
+    """"auto" -> cuda when there is one, else Apple's mps, else cpu; anything else as torch names it.
+    (On mps an operation it lacks raises; PYTORCH_ENABLE_MPS_FALLBACK=1 runs those on the CPU.)"""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        mps = getattr(torch.backends, "mps", None)
+        return torch.device("cuda" if torch.cuda.is_available() else
+                            "mps" if mps is not None and mps.is_available() else "cpu")
     return torch.device(name)
 
 
@@ -343,14 +346,15 @@ def no_sync_unless(model, last):
 
 
 class GracefulStop:
-    """Ctrl-C (SIGINT; torchrun forwards it) or SIGTERM (preemption) asks the loop to stop at the
-    next step boundary, where all ranks agree (any_rank), save and exit 130: a checkpoint taken
-    mid-step would not be exact. A second Ctrl-C stops at once, without saving."""
+    """Ctrl-C (SIGINT; torchrun forwards it), SIGTERM (preemption) or, on Windows, the Ctrl-Break
+    demo_parts/stages.py sends (SIGBREAK) asks the loop to stop at the next step boundary, where
+    all ranks agree (any_rank), save and exit 130: a checkpoint taken mid-step would not be
+    exact. A second Ctrl-C stops at once, without saving."""
 
     def __enter__(self):
         self.requested, self.previous = False, {}
         if threading.current_thread() is threading.main_thread():  # only it may set handlers
-            self.previous = {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM)}
+            self.previous = {s: signal.signal(s, self.handle) for s in data.STOP_SIGNALS}
         return self
 
     def __exit__(self, *exc):

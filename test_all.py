@@ -22,6 +22,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import types
 
@@ -2349,6 +2350,40 @@ def test_time_left_replays_the_schedule_with_the_estimates():
     assert stages.time_left([teacher, a, b, c], [], jobs=2, now=0) == 170  # 100, then a|b, then c
     assert stages.time_left([teacher, a, b, c], [], jobs=1, now=0) == 220
     assert stages.time_left([a, b], [], jobs=2, now=0) == 50  # the teacher is done
+
+
+def test_stages_stop_with_ctrl_c_on_posix_and_ctrl_break_on_windows(monkeypatch):
+    """stop_all asks each stage to stop with a checkpoint: SIGINT to a session of its own on POSIX;
+    Windows' Popen cannot send SIGINT, so there a process group gets CTRL_BREAK_EVENT (SIGBREAK to
+    the child's GracefulStop). Fake processes: this machine is Linux, Windows itself is not run."""
+    class Proc:
+        def __init__(self):
+            self.sent = []
+        send_signal, wait = lambda self, sig: self.sent.append(sig), lambda self: 0
+    monkeypatch.setattr(signal, "CTRL_BREAK_EVENT", 1, raising=False)
+    monkeypatch.setattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0x200, raising=False)
+    for system, group, sig in (("posix", {"start_new_session": True}, signal.SIGINT),
+                               ("nt", {"creationflags": 0x200}, 1)):
+        monkeypatch.setattr(stages.os, "name", system)
+        running = [types.SimpleNamespace(proc=Proc(), thread=threading.Thread(target=lambda: None)) for _ in range(2)]
+        for r in running:
+            r.thread.start()
+        stages.stop_all(running)
+        assert stages.own_group() == group and all(r.proc.sent == [sig] for r in running)
+    monkeypatch.undo()
+    if hasattr(signal, "SIGBREAK"):
+        assert signal.SIGBREAK in data.STOP_SIGNALS
+
+
+def test_device_auto_picks_cuda_then_apple_mps_then_cpu(monkeypatch):
+    """The path every driver takes (runtime.setup with --device auto), the backends faked."""
+    for cuda, mps, want in ((True, True, "cuda"), (False, True, "mps"), (False, False, "cpu")):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+        monkeypatch.setattr(torch.cuda, "set_device", lambda d: None)
+        monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+        args = distill.parse_args(["--teacher", "t.pt", "--student", "tiny", "--data", "d", "--out-dir", "o"])
+        assert args.device == "auto" and runtime.setup(args)[0].type == want
+    assert runtime.pick_device("cpu").type == "cpu" and runtime.pick_device("cuda:1").index == 1
 
 
 def test_a_failed_stage_stops_the_demo_naming_it(tmp_path):

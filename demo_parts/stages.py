@@ -99,19 +99,30 @@ class Running:
         log_path = os.path.join(runs, "logs", stage.tag.replace(" ", "-") + ".log")
         with lock:
             print(f"$ {shlex.join(['python', *argv[1:]])}  # {STAGE_THREADS} thread(s), log {log_path}", flush=True)
-        # A session of its own: Ctrl-C reaches only this process, which passes it on once (below),
-        # so that each stage stops at its next step with a checkpoint instead of being killed.
         self.proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+                                     **own_group())
         self.thread = threading.Thread(target=relay, args=(self.proc, stage.tag, log_path, lock), daemon=True)
         self.thread.start()
         self.stage, self.number, self.t0 = stage, number, time.time()
 
 
+# Each stage runs in a process group of its own: Ctrl-C reaches only this process, which passes it
+# on once (stop_all), so that each stage stops at its next step with a checkpoint instead of being
+# killed. Windows has no SIGINT to send to a child: there the group gets CTRL_BREAK_EVENT, which
+# the child's GracefulStop (runtime.py) reads as SIGBREAK.
+def own_group():
+    """Popen's arguments that start a stage in its own process group (session on POSIX)."""
+    return dict(creationflags=subprocess.CREATE_NEW_PROCESS_GROUP) if os.name == "nt" else dict(start_new_session=True)
+
+
+def stop_signal():
+    return signal.CTRL_BREAK_EVENT if os.name == "nt" else signal.SIGINT
+
+
 def stop_all(running):
     """Ask every running stage to stop with a checkpoint (their Ctrl-C handling) and wait for them."""
     for r in running:
-        r.proc.send_signal(signal.SIGINT)
+        r.proc.send_signal(stop_signal())
     for r in running:
         r.proc.wait()
         r.thread.join()
