@@ -154,15 +154,23 @@ def read_manifest(tsv):
             for (rel, n, *_), text, source in zip(rows, texts, sources)]
 
 
+# Libri-light's limited-resource sets (librispeech_finetuning/: 1h/{0..5}/{clean,other}, 9h/{clean,other}) by
+# the names of the low-resource results: 10 h is 9h plus 1h; 10 min is 1h/0, the first of 1h's six parts.
+LIBRILIGHT_SPLITS = {"10h": ("9h", "1h"), "1h": ("1h",), "10min": ("1h/0",)}
+
+
 def load_corpus(paths):
-    """Utterances of several corpora, each a LibriSpeech-layout folder or a fairseq .tsv."""
+    """Utterances of corpora: LibriSpeech-layout folders, fairseq .tsv files, Libri-light splits (ROOT/10min)."""
     hint = ("pass a LibriSpeech-style folder (SPEAKER/CHAPTER/*.flac + *.trans.txt) or a fairseq "
             ".tsv manifest, e.g. make one with `python data.py synth --out data/toy`")
     utterances = []
     for path in [paths] if isinstance(paths, (str, Path)) else paths:
         if os.path.isfile(os.path.join(path, "synth.json")):  # the toy root holds all splits
             raise ValueError(f"{path}: a whole toy corpus; pass one split, e.g. {path}/train")
-        if os.path.isdir(path):
+        root, name = os.path.split(os.path.normpath(path))
+        if name in LIBRILIGHT_SPLITS and all(os.path.isdir(os.path.join(root, d)) for d in ("1h", "9h")):
+            found = [u for d in LIBRILIGHT_SPLITS[name] for u in read_librispeech(os.path.join(root, d))]
+        elif os.path.isdir(path):
             found = read_librispeech(path)
         elif os.path.isfile(path) and str(path).endswith(".tsv"):
             found = read_manifest(path)
@@ -327,26 +335,25 @@ INTONATION_RANGE = (30, 80)  # eSpeak pitch range, 0-100 (default 50); 0 = monot
 RATE_RANGE = (140, 200)  # words per minute (eSpeak default 175)
 
 WORDS = {
-    "adj": "BIG SMALL OLD YOUNG RED GREEN BLUE BLACK WHITE YELLOW BROWN HAPPY SAD QUIET LOUD FAST "
-           "SLOW WARM COLD DARK BRIGHT HEAVY LIGHT SOFT HARD CLEAN DIRTY EMPTY FULL TALL SHORT "
-           "LONG STRONG WEAK RICH POOR NEW FRESH SWEET BITTER STRANGE FAMOUS GENTLE CLEVER BRAVE "
-           "LAZY BUSY TINY HUGE ROUND SHARP WILD CALM PROUD KIND FRIENDLY HUNGRY TIRED GOLDEN",
-    "noun": "DOG CAT HORSE BIRD FISH COW SHEEP FOX RABBIT MOUSE LION TIGER BEAR WOLF DUCK GOOSE "
-            "BOY GIRL MAN WOMAN CHILD FARMER DOCTOR TEACHER SAILOR KING QUEEN BAKER DRIVER "
-            "WRITER PAINTER NEIGHBOR BOOK LETTER TABLE CHAIR WINDOW DOOR HOUSE GARDEN TREE FLOWER "
-            "STONE RIVER MOUNTAIN SHIP BOAT TRAIN CAR WAGON BASKET BOX BOTTLE CUP PLATE KNIFE "
-            "SPOON LAMP CANDLE CLOCK BELL HAT COAT SHOE GLOVE RING KEY BREAD APPLE ORANGE CHEESE "
-            "CAKE SOUP MILK WATER MAP PICTURE SONG STORY DREAM IDEA GIFT BALL KITE DRUM PIANO",
-    "verb": "SAW FOUND TOOK BROUGHT CARRIED PAINTED OPENED CLOSED WASHED CLEANED BOUGHT SOLD BUILT "
-            "BROKE FIXED MOVED PUSHED PULLED DROPPED CAUGHT THREW KICKED HELD LIFTED WATCHED "
-            "FOLLOWED CHASED HELPED CALLED VISITED MET KNEW LIKED LOVED WANTED NEEDED FORGOT "
-            "REMEMBERED HID STOLE GAVE SENT WROTE DREW COOKED ATE TOUCHED COUNTED FILLED COVERED",
-    "adv": "QUICKLY SLOWLY QUIETLY LOUDLY CAREFULLY SUDDENLY GENTLY HAPPILY SADLY PROUDLY EASILY "
-           "NEARLY ALMOST ALWAYS NEVER OFTEN SOMETIMES RARELY FINALLY SECRETLY",
-    "place": "KITCHEN MARKET STATION VILLAGE CITY FOREST FIELD BEACH HARBOR CHURCH SCHOOL LIBRARY "
-             "HOSPITAL PARK ISLAND VALLEY HILL FARM CASTLE CELLAR ATTIC OFFICE SHOP BAKERY STREET",
-    "name": "ANNA JOHN MARY PETER LUCY JAMES EMMA HENRY ALICE GEORGE SARAH THOMAS MARTHA DAVID "
-            "ROSE WILLIAM CLARA ARTHUR HELEN FRANK GRACE OLIVER EDITH SAMUEL",
+    "adj": "BIG SMALL OLD YOUNG RED GREEN BLUE BLACK WHITE YELLOW BROWN HAPPY SAD QUIET LOUD FAST SLOW WARM COLD "
+           "DARK BRIGHT HEAVY LIGHT SOFT HARD CLEAN DIRTY EMPTY FULL TALL SHORT LONG STRONG WEAK RICH POOR NEW FRESH "
+           "SWEET BITTER STRANGE FAMOUS GENTLE CLEVER BRAVE LAZY BUSY TINY HUGE ROUND SHARP WILD CALM PROUD KIND "
+           "FRIENDLY HUNGRY TIRED GOLDEN",
+    "noun": "DOG CAT HORSE BIRD FISH COW SHEEP FOX RABBIT MOUSE LION TIGER BEAR WOLF DUCK GOOSE BOY GIRL MAN WOMAN "
+            "CHILD FARMER DOCTOR TEACHER SAILOR KING QUEEN BAKER DRIVER WRITER PAINTER NEIGHBOR BOOK LETTER TABLE "
+            "CHAIR WINDOW DOOR HOUSE GARDEN TREE FLOWER STONE RIVER MOUNTAIN SHIP BOAT TRAIN CAR WAGON BASKET BOX "
+            "BOTTLE CUP PLATE KNIFE SPOON LAMP CANDLE CLOCK BELL HAT COAT SHOE GLOVE RING KEY BREAD APPLE ORANGE "
+            "CHEESE CAKE SOUP MILK WATER MAP PICTURE SONG STORY DREAM IDEA GIFT BALL KITE DRUM PIANO",
+    "verb": "SAW FOUND TOOK BROUGHT CARRIED PAINTED OPENED CLOSED WASHED CLEANED BOUGHT SOLD BUILT BROKE FIXED MOVED "
+            "PUSHED PULLED DROPPED CAUGHT THREW KICKED HELD LIFTED WATCHED FOLLOWED CHASED HELPED CALLED VISITED MET "
+            "KNEW LIKED LOVED WANTED NEEDED FORGOT REMEMBERED HID STOLE GAVE SENT WROTE DREW COOKED ATE TOUCHED "
+            "COUNTED FILLED COVERED",
+    "adv": "QUICKLY SLOWLY QUIETLY LOUDLY CAREFULLY SUDDENLY GENTLY HAPPILY SADLY PROUDLY EASILY NEARLY ALMOST "
+           "ALWAYS NEVER OFTEN SOMETIMES RARELY FINALLY SECRETLY",
+    "place": "KITCHEN MARKET STATION VILLAGE CITY FOREST FIELD BEACH HARBOR CHURCH SCHOOL LIBRARY HOSPITAL PARK "
+             "ISLAND VALLEY HILL FARM CASTLE CELLAR ATTIC OFFICE SHOP BAKERY STREET",
+    "name": "ANNA JOHN MARY PETER LUCY JAMES EMMA HENRY ALICE GEORGE SARAH THOMAS MARTHA DAVID ROSE WILLIAM CLARA "
+            "ARTHUR HELEN FRANK GRACE OLIVER EDITH SAMUEL",
     "prep": "IN NEAR BEHIND UNDER ABOVE BESIDE INSIDE OUTSIDE ACROSS AROUND",
     "conj": "AND BUT BECAUSE SO WHILE THEN",
 }
@@ -462,9 +469,8 @@ def synth_corpus(out, hours, seed):
     os.replace(partial, out)
     for split, s in summary["splits"].items():
         print(f"{split:5s}: {s['utterances']:5d} utterances, {s['hours']:.3f} h, {s['speakers']} speakers")
-    audio = 3600 * sum(s["hours"] for s in summary["splits"].values())
-    print(f"wrote {out} in {time.time() - start:.1f} s "
-          f"({audio / (time.time() - start):.0f} s of audio per s)")
+    audio, took = 3600 * sum(s["hours"] for s in summary["splits"].values()), time.time() - start
+    print(f"wrote {out} in {took:.1f} s ({audio / took:.0f} s of audio per s)")
     return summary
 
 # ----------------------------------------------------------------------------------------------
@@ -473,19 +479,15 @@ def synth_corpus(out, hours, seed):
 
 def parse_args(argv=None):
     example = "example: " + __doc__.strip().split("\n")[-1].strip()  # the docstring's last line
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=example,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True)
-    about = "synthesize the toy corpus with eSpeak NG, in LibriSpeech layout"
-    synth = commands.add_parser("synth", help=about, description=about, epilog=example,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    io = synth.add_argument_group("io")
-    io.add_argument("--out", required=True, default=argparse.SUPPRESS,  # required: no default to show
-                    help="output folder (missing or empty); the drivers take its train, dev and test subfolders")
-    corpus = synth.add_argument_group("corpus")
-    corpus.add_argument("--hours", type=float, default=2.0,
-                        help="total hours of speech, split 80/10/10 into train/dev/test")
-    corpus.add_argument("--seed", type=int, default=0, help="seed of sentences and speakers")
+    fmt, about = argparse.ArgumentDefaultsHelpFormatter, "synthesize the toy corpus with eSpeak NG, in LibriSpeech layout"
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=example, formatter_class=fmt)
+    synth = parser.add_subparsers(dest="command", required=True).add_parser(
+        "synth", help=about, description=about, epilog=example, formatter_class=fmt)
+    synth.add_argument("--out", required=True, default=argparse.SUPPRESS,  # required: no default to show
+                       help="output folder (missing or empty); the drivers take its train, dev and test subfolders")
+    synth.add_argument("--hours", type=float, default=2.0, help="total hours of speech, split 80/10/10 into "
+                       "train/dev/test")
+    synth.add_argument("--seed", type=int, default=0, help="seed of sentences and speakers")
     return parser.parse_args(argv)
 
 

@@ -51,11 +51,13 @@ def parse_args(argv=None):
     g.add_argument("--export-hf", nargs=2, metavar=("CKPT", "DIR"),
                    help="write a transformers HubertForCTC folder (CNN front-end models only)")
     g = p.add_argument_group("data")
-    g.add_argument("--train", nargs="+", help="transcribed LibriSpeech-layout folders / fairseq manifests")
+    g.add_argument("--train", nargs="+", help="transcribed LibriSpeech-layout folders / fairseq manifests, or "
+                   "Libri-light's sets: librispeech_finetuning/10h, /1h or /10min")
     g.add_argument("--valid", nargs="+", help="held-out sets for periodic WER (best checkpoint kept)")
     g.add_argument("--data", nargs="+", help="sets to evaluate with --eval")
     g.add_argument("--max-train-hours", type=float,
-                   help="train on a fixed subset of this many hours (Libri-light style 10 h / 1 h); see train_subset()")
+                   help="train on a fixed random subset of this many hours, speakers not balanced (Libri-light's own "
+                        "sets: --train librispeech_finetuning/10h); see train_subset()")
     g.add_argument("--subset-seed", type=int, default=0, help="which subset --max-train-hours picks")
     g.add_argument("--batch-seconds", type=float, default=32.0,
                    help="padded audio per batch, seconds (fairseq: max_tokens 3.2M samples = 200 s)")
@@ -180,7 +182,7 @@ def train_subset(utterances, hours, seed=0):
     the ids (not on file order, machine or Python version), and taken in that order until the
     next one would pass the budget. So re-runs pick the same subset, a smaller subset is part of
     every larger one (1 h inside 10 h), and adding audio to the corpus keeps the order of the old.
-    Unlike Libri-light, speakers are not balanced.
+    Unlike Libri-light's sets (data.LIBRILIGHT_SPLITS), speakers are not balanced.
     """
     rank = sorted(utterances, key=lambda u: hashlib.sha1(f"{seed}/{u.id}".encode()).hexdigest())
     budget, total, chosen = hours * 3600 * data.SAMPLE_RATE, 0, []
@@ -310,6 +312,9 @@ def load_train_set(args, rank):
         if rank == 0:
             with open(os.path.join(args.out_dir, "train_subset.txt"), "w") as f:
                 f.writelines(u.id + "\n" for u in utterances)
+    if rank == 0:
+        hours = sum(u.num_samples for u in utterances) / data.SAMPLE_RATE / 3600
+        print(f"train: {len(utterances)} utterances, {hours:.2f} h of labelled audio", flush=True)
     return utterances
 
 

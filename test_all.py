@@ -346,6 +346,22 @@ def test_load_corpus_says_which_path_is_missing_or_empty(tmp_path):
         load_corpus(["nowhere"])
 
 
+def test_librilight_splits_read_as_the_low_resource_results_name_them(tmp_path, tone_corpus, teacher, capsys):
+    """Libri-light's librispeech_finetuning layout, made small: 10min is 1h/0, 1h all six parts of 1h,
+    10h is 9h plus 1h; the path a user takes is finetune.py --train ROOT/10min."""
+    root = tmp_path / "librispeech_finetuning"
+    parts = [f"1h/{k}/{kind}" for k in range(6) for kind in ("clean", "other")] + ["9h/clean", "9h/other"]
+    for seed, part in enumerate(parts):
+        write_tone_corpus(str(root / part), utterances=2 if part.startswith("9h") else 1, seed=seed)
+    count = {name: len(data.load_corpus([str(root / name)])) for name in ("10min", "1h", "10h")}
+    assert count == {"10min": 2, "1h": 12, "10h": 16}
+    assert {os.path.relpath(u.path, root).split("/")[1] for u in data.load_corpus([str(root / "10min")])} == {"0"}
+    with pytest.raises(ValueError, match="no such file or folder"):
+        data.load_corpus([str(tmp_path / "elsewhere" / "10min")])  # only inside a librispeech_finetuning root
+    finetune.main(finetune_args((str(root / "10min"), tone_corpus[1]), teacher, tmp_path / "ctc", "--max-steps", "1"))
+    assert "train: 2 utterances" in capsys.readouterr().out
+
+
 def test_load_corpus_refuses_the_toy_root_that_mixes_splits(toy_corpus):
     with pytest.raises(ValueError, match="pass one split"):
         load_corpus([str(toy_corpus)])
