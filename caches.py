@@ -20,6 +20,7 @@ epoch. Only CNN front-ends are cached: the Fbank front-end's dropout and SpecAug
 import contextlib
 import hashlib
 import os
+import shutil
 import time
 
 import torch
@@ -69,6 +70,7 @@ class TeacherCache:
         fingerprint = weights_fingerprint(teacher)
         with file_lock(path, quiet):  # the first run to name the file makes it; others wait, then read
             if not os.path.exists(path):
+                check_room(path, teacher.config, utterances)
                 make_teacher_cache(path, teacher, utterances, device, fingerprint, quiet)
         cache = checkpoints.load_checkpoint(path, mmap=True)
         if cache.get("format") != self.FORMAT:
@@ -98,6 +100,28 @@ class TeacherCache:
         for b, (start, n) in enumerate(spans):
             out[:, b, :n] = self.hidden[:, start:start + n]
         return list(out.to(device).unbind(0)), torch.tensor([n for _, n in spans], device=device)
+
+
+def cache_bytes(config, utterances):
+    """About the bytes of a teacher cache: fp16 states of every layer and its input (L + 1 x D) for
+    each 20 ms frame (HuBERT's CNN stride: 320 samples): 2 x 13 x 768 x 180,000 frames = 3.6 GB an
+    hour for HuBERT Base, 3.4 TB for LibriSpeech's 960 h."""
+    frames = sum(u.num_samples // 320 for u in utterances)
+    return 2 * (config.layers + 1) * config.dim * frames
+
+
+def check_room(path, config, utterances):
+    """Refuse, before any work, a cache that would not fit on its disk, or in memory (it is put
+    together in memory, then written)."""
+    need, hours = cache_bytes(config, utterances), sum(u.num_samples for u in utterances) / data.SAMPLE_RATE / 3600
+    free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
+    memory = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else None
+    for room, where in ((free, "free on its disk"), (memory, "of free memory, where it is put together")):
+        if room is not None and need > room:
+            raise ValueError(f"--teacher-cache {path} needs ~{need / 1e9:.1f} GB ({hours:.1f} h of audio x "
+                             f"{config.layers + 1} layers x {config.dim} x fp16), {room / 1e9:.1f} GB {where}; "
+                             f"run without it (the teacher then runs every step) or on less audio")
+    return need
 
 
 def weights_fingerprint(module):

@@ -1576,6 +1576,20 @@ def test_distill_with_teacher_cache_makes_it_once_and_runs_read_it_alike(toy_cor
     assert [r["loss"] for r in first] == [r["loss"] for r in second] and len(first) == 3
 
 
+def test_teacher_cache_that_would_not_fit_is_refused_before_any_work(toy_corpus, teacher, tmp_path, monkeypatch):
+    """The CLI path: with less room on the cache's disk than its size (faked), distill.py stops at
+    once, saying how much it needs; nothing is written. The estimate is the size made."""
+    utts = data.drop_short(data.load_corpus([str(toy_corpus / "train")]), quiet=True)
+    real = caches.check_room(str(tmp_path / "x.pt"), load_teacher(teacher).config, utts)
+    made = caches.TeacherCache(str(tmp_path / "made.pt"), load_teacher(teacher), utts, torch.device("cpu"), quiet=True)
+    assert real == pytest.approx(made.hidden.numel() * 2, rel=0.02)
+    monkeypatch.setattr(caches.shutil, "disk_usage", lambda p: types.SimpleNamespace(free=real // 2))
+    with pytest.raises(ValueError, match=rf"needs ~{real / 1e9:.1f} GB .* free on its disk"):
+        run_distill(["--student", "tiny", "--max-steps", "1", "--teacher-cache", str(tmp_path / "c.pt")], toy_corpus,
+                    teacher, tmp_path / "run")
+    assert not os.path.exists(tmp_path / "c.pt") and not os.path.exists(tmp_path / "run" / "log.jsonl")
+
+
 def test_distill_attention_dropout_flag_reaches_the_student(tone_corpus, teacher, tmp_path):
     """--attention-dropout overrides the preset's 0.1 (the authors') in the student that trains and
     in the config that student.pt keeps; without it the preset's value stays."""
