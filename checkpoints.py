@@ -1,6 +1,6 @@
 """Checkpoint I/O: this project's checkpoints (atomic writes, weights-only loads), HuBERT teachers
 from fairseq, Hugging Face and torchaudio files, and fine-tuned students written back out as a
-transformers HubertForCTC folder.
+transformers HubertForCTC folder, distilled encoders as a HubertModel folder (or, for Fbank, their own).
 
 Readers return plain data (config dicts and state dicts) and build no networks: model.load_teacher(src)
 is the entry point for reading; it calls the readers here and builds the encoder. Nothing here
@@ -8,6 +8,7 @@ imports fairseq, omegaconf or transformers, and no pickle gets to run code.
 
     python -c "import model; print(model.load_teacher('hubert_base_ls960.pt').config)"
     python finetune.py --export-hf runs/tiny-ctc/best.pt hf-tiny      # export_huggingface
+    python finetune.py --export-encoder runs/tiny/student.pt enc-tiny  # export_encoder
 """
 import argparse
 import ast
@@ -24,6 +25,7 @@ import data
 # This project's checkpoints: plain tensors and values, atomic writes, no code execution on load
 
 CHECKPOINT_FORMAT = "hubert-distill/1"  # marks this project's own checkpoints
+ENCODER_FORMAT = "hubert-distill/encoder/1"  # config.json of an exported Fbank encoder (export_encoder)
 
 
 def save_checkpoint(obj, path):
@@ -259,6 +261,8 @@ def read_huggingface(folder):
         raise ValueError(f"{folder}: no config.json; a Hugging Face model folder holds config.json "
                          f"plus model.safetensors or pytorch_model.bin")
     c = read_json(config_path)
+    if c.get("format") == ENCODER_FORMAT:  # export_encoder's own layout (Fbank encoders)
+        return {"config": c["config"], "encoder": read_huggingface_weights(folder), "head": None, "file": folder}
     bad = {k: c[k] for k, accepted in HF_REQUIRED if c.get(k) not in accepted}
     if bad:
         raise ValueError(f"{config_path}: unsupported settings {bad}; needs {dict(HF_REQUIRED)}")
@@ -348,14 +352,19 @@ def huggingface_name(key):
     raise KeyError(f"no transformers name for parameter {key}")
 
 
-def huggingface_config(ctc):
-    """config.json of HubertForCTC, field by field from EncoderConfig and CTCConfig."""
-    c, m = ctc.encoder.config, ctc.config
+def huggingface_config(c, m=None):
+    """config.json of HubertForCTC, field by field from EncoderConfig c and CTCConfig m (None: of
+    HubertModel, the encoder alone)."""
     channels, kernels, strides = zip(*c.conv_layers)
-    return {
-        "architectures": ["HubertForCTC"], "model_type": "hubert",
+    ctc = {} if m is None else {
         "vocab_size": m.vocab_size, "pad_token_id": data.BLANK,
         "bos_token_id": data.VOCAB.index("<s>"), "eos_token_id": data.VOCAB.index("</s>"),
+        "final_dropout": m.final_dropout, "apply_spec_augment": True, "mask_time_prob": m.mask_prob,
+        "mask_time_length": m.mask_length, "mask_time_min_masks": 2, "mask_feature_prob": m.mask_channel_prob,
+        "mask_feature_length": m.mask_channel_length, "mask_feature_min_masks": 0,
+        "ctc_loss_reduction": "sum", "ctc_zero_infinity": True, "use_weighted_layer_sum": False}
+    return {
+        "architectures": ["HubertModel" if m is None else "HubertForCTC"], "model_type": "hubert", **ctc,
         "feat_extract_norm": c.extractor_mode.replace("_norm", ""), "feat_extract_activation": "gelu",
         "conv_dim": list(channels), "conv_kernel": list(kernels), "conv_stride": list(strides),
         "conv_bias": c.conv_bias, "num_feat_extract_layers": len(c.conv_layers),
@@ -365,11 +374,7 @@ def huggingface_config(ctc):
         "num_conv_pos_embeddings": c.pos_conv_kernel, "num_conv_pos_embedding_groups": c.pos_conv_groups,
         "conv_pos_batch_norm": False, "do_stable_layer_norm": c.layer_norm_first,
         "hidden_dropout": c.dropout, "attention_dropout": c.attention_dropout,
-        "activation_dropout": c.activation_dropout, "layerdrop": c.layerdrop, "final_dropout": m.final_dropout,
-        "apply_spec_augment": True, "mask_time_prob": m.mask_prob, "mask_time_length": m.mask_length,
-        "mask_time_min_masks": 2, "mask_feature_prob": m.mask_channel_prob,
-        "mask_feature_length": m.mask_channel_length, "mask_feature_min_masks": 0,
-        "ctc_loss_reduction": "sum", "ctc_zero_infinity": True, "use_weighted_layer_sum": False,
+        "activation_dropout": c.activation_dropout, "layerdrop": c.layerdrop,
     }
 
 
@@ -380,8 +385,9 @@ def export_huggingface(ctc, out_dir):
     NEVER_EMITTED become weight 0, bias NEVER_EMITTED_LOGIT, the other logits are unchanged (so
     log-probs equal ours renormalised over the blank and the characters)."""
     if ctc.encoder.config.frontend != "cnn":
-        raise ValueError("only CNN front-end models export to transformers: HubertForCTC has no Fbank "
-                         "front-end; keep using finetune.py --transcribe for Fbank students")
+        raise ValueError("only CNN front-end models export to transformers: HubertForCTC has no Fbank front-end; "
+                         "finetune.py --export-encoder CKPT DIR writes the encoder (safetensors + config.json, "
+                         "read by model.load_teacher) and --transcribe decodes with the CTC model")
     from safetensors.torch import save_file
     os.makedirs(out_dir, exist_ok=True)
     state = ctc.state_dict()
@@ -394,7 +400,7 @@ def export_huggingface(ctc, out_dir):
     save_file(tensors, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
     specials = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": data.VOCAB[data.BLANK]}
     files = {
-        "config.json": huggingface_config(ctc),
+        "config.json": huggingface_config(ctc.encoder.config, ctc.config),
         "vocab.json": {token: i for i, token in enumerate(data.VOCAB)},
         "special_tokens_map.json": specials,
         "tokenizer_config.json": {"tokenizer_class": "Wav2Vec2CTCTokenizer", **specials,
@@ -411,3 +417,22 @@ def export_huggingface(ctc, out_dir):
     for name, content in files.items():
         with open(os.path.join(out_dir, name), "w") as f:
             json.dump(content, f, indent=2)
+
+
+def export_encoder(encoder, out_dir):
+    """A distilled (or fine-tuned) encoder for use elsewhere. A CNN front-end: a transformers
+    HubertModel folder (HubertModel.from_pretrained(out_dir), what s3prl's and SUPERB's Hugging
+    Face upstreams load). An Fbank front-end: model.safetensors with this project's parameter names
+    and config.json holding its EncoderConfig, which model.load_teacher(out_dir) reads (model.py,
+    fbank_frontend.py and checkpoints.py are all it needs). No distillation or CTC head."""
+    from safetensors.torch import save_file
+    os.makedirs(out_dir, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
+    if encoder.config.frontend == "cnn":
+        config = huggingface_config(encoder.config)
+        state = {huggingface_name("encoder." + k)[len("hubert."):]: v for k, v in state.items()}
+    else:
+        config = {"format": ENCODER_FORMAT, "config": asdict(encoder.config)}
+    save_file(state, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        json.dump(config, f, indent=2)

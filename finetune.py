@@ -16,6 +16,7 @@ stops cleanly on Ctrl-C and resumes exactly with --resume.
     python finetune.py --eval runs/tiny-ctc/best.pt --data corpus/test      # prints WER x.xx
     python finetune.py --transcribe runs/tiny-ctc/best.pt a.flac b.wav     # FILE<TAB>TRANSCRIPT
     python finetune.py --export-hf runs/tiny-ctc/best.pt hf-tiny           # transformers folder
+    python finetune.py --export-encoder runs/tiny/student.pt enc-tiny      # the distilled encoder alone
 """
 import argparse
 import hashlib
@@ -50,6 +51,10 @@ def parse_args(argv=None):
                    help="print FILE<TAB>TRANSCRIPT for each audio file (any sample rate, any channels)")
     g.add_argument("--export-hf", nargs=2, metavar=("CKPT", "DIR"),
                    help="write a transformers HubertForCTC folder (CNN front-end models only)")
+    g.add_argument("--export-encoder", nargs=2, metavar=("CKPT", "DIR"),
+                   help="write the encoder of a distilled student (student.pt) or a CTC model, without heads: "
+                        "a transformers HubertModel folder (CNN front-end) or safetensors + config.json that "
+                        "model.load_teacher reads (Fbank)")
     g = p.add_argument_group("data")
     g.add_argument("--train", nargs="+", help="transcribed LibriSpeech-layout folders / fairseq manifests, or "
                    "Libri-light's sets: librispeech_finetuning/10h, /1h or /10min")
@@ -128,7 +133,7 @@ def add_optim_args(g):
 
 
 def check_args(p, args):
-    if not (args.eval or args.transcribe or args.export_hf):
+    if not (args.eval or args.transcribe or args.export_hf or args.export_encoder):
         missing = [f for f in ("init", "train", "out_dir") if not getattr(args, f)]
         if missing:
             p.error("fine-tuning needs " + ", ".join("--" + m.replace("_", "-") for m in missing))
@@ -296,6 +301,12 @@ def run_export(args):
     except ValueError as e:
         sys.exit(f"error: {ckpt_path}: {e}")
     print(f"wrote {out_dir}: transformers.pipeline('automatic-speech-recognition', model='{out_dir}')")
+
+
+def run_export_encoder(args):
+    ckpt_path, out_dir = args.export_encoder
+    checkpoints.export_encoder(model.load_teacher(ckpt_path).encoder, out_dir)
+    print(f"wrote {out_dir}: model.load_teacher('{out_dir}') reads it (CNN encoders: transformers.HubertModel too)")
 
 
 def load_train_set(args, rank):
@@ -478,6 +489,8 @@ def main(args):
         run_transcribe(args)
     elif args.export_hf:
         run_export(args)
+    elif args.export_encoder:
+        run_export_encoder(args)
     else:
         train(args)
 

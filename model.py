@@ -277,7 +277,7 @@ def load_teacher(src: str) -> Teacher:
             found = sorted(map(str, ckpt))[:6] if isinstance(ckpt, dict) else type(ckpt).__name__
             raise ValueError(f"{src}: unknown checkpoint layout ({found}); expected a fairseq checkpoint "
                              f"('model' with 'cfg' or 'args') or a checkpoint of this project")
-    encoder = load_encoder_state(EncoderConfig(**foreign["config"]), foreign["encoder"], foreign["file"])
+    encoder = load_encoder_state(EncoderConfig.from_dict(foreign["config"]), foreign["encoder"], foreign["file"])
     try:
         head = head_from_state(foreign["head"], encoder.config.dim)  # only fairseq files carry one
     except RuntimeError as e:

@@ -2091,8 +2091,48 @@ def test_export_of_a_student_without_feature_layer_norm_matches_transformers(tmp
 
 def test_export_of_an_fbank_student_is_a_clear_error(tmp_path):
     ctc = model.CTCModel(model.build_student("tiny", frontend="fbank"))
-    with pytest.raises(ValueError, match="Fbank"):
+    with pytest.raises(ValueError, match="Fbank.*--export-encoder"):
         checkpoints.export_huggingface(ctc, str(tmp_path / "hf"))
+
+
+def students_for_export(tmp_path):
+    """A CNN and an Fbank student as distill.py saves them (student.pt), weights perturbed off their init."""
+    paths = {}
+    for frontend in ("cnn", "fbank"):
+        torch.manual_seed(1)
+        encoder = model.build_student("tiny", frontend=frontend, dropout=0.0, attention_dropout=0.0)
+        with torch.no_grad():
+            for p in encoder.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        paths[frontend] = str(tmp_path / f"{frontend}.pt")
+        checkpoints.save_checkpoint(checkpoints.encoder_checkpoint(encoder, "student", preset="tiny"), paths[frontend])
+    return paths
+
+
+def test_distilled_encoders_export_through_the_cli_and_compute_the_same_states(tmp_path):
+    """finetune.py --export-encoder student.pt DIR: a CNN student becomes a transformers HubertModel
+    folder whose hidden states are ours (within 1e-4); an Fbank student, safetensors + config.json
+    that model.load_teacher reads back to the same states, in a process that never saw the student."""
+    transformers = pytest.importorskip("transformers")
+    paths = students_for_export(tmp_path)
+    x = torch.randn(1, 20_000)
+    for frontend, path in paths.items():
+        out = str(tmp_path / f"export-{frontend}")
+        finetune.main(finetune.parse_args(["--export-encoder", path, out]))
+        assert sorted(os.listdir(out)) == ["config.json", "model.safetensors"]
+        with torch.no_grad():
+            ours, _ = load_teacher(path)(x, torch.tensor([x.shape[1]]))
+            back, _ = load_teacher(out)(x, torch.tensor([x.shape[1]]))
+            theirs = transformers.HubertModel.from_pretrained(out).eval()(x, output_hidden_states=True).hidden_states \
+                if frontend == "cnn" else back
+        assert len(ours) == len(theirs) == len(back)
+        for a, b, c in zip(ours, theirs, back):
+            torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(c, a, atol=1e-6, rtol=1e-6)
+    script = ("import sys, torch, data, model; enc = model.load_teacher(sys.argv[1]).encoder; "
+              "print(enc.config.frontend, len(enc(torch.zeros(1, 16000), torch.tensor([16000]))[0]))")
+    out = run_cli("-c", script, str(tmp_path / "export-fbank"))
+    assert out.returncode == 0 and out.stdout.split() == ["fbank", str(len(ours))], out.stderr
 
 
 # ----------------------------------------------------------------------------------------------
