@@ -1576,6 +1576,24 @@ def test_distill_with_teacher_cache_makes_it_once_and_runs_read_it_alike(toy_cor
     assert [r["loss"] for r in first] == [r["loss"] for r in second] and len(first) == 3
 
 
+def test_training_curves_of_a_distillation_and_a_fine_tuning_log(toy_corpus, teacher, tmp_path, capsys):
+    """python -m tools.curves LOG: a real distillation log (loss parts, unit agreements) and a
+    fine-tuning one (dev WER) each become a PNG beside the log; a missing log is a one-line error."""
+    import tools.curves as curves
+    run_distill(["--student", "tiny", "--max-steps", "2", "--disc-weight", "0.5"], toy_corpus, teacher, tmp_path / "d")
+    log = tmp_path / "d" / "log.jsonl"
+    rows = curves.read_log(str(log))
+    assert curves.series(rows, "disc")[0] == (1, 2) and curves.series(rows, "unit_reg")[0] == (1, 2)
+    curves.main([str(log)])
+    assert (tmp_path / "d" / "curves.png").stat().st_size > 10_000 and "curves.png" in capsys.readouterr().out
+    (tmp_path / "ctc.jsonl").write_text('{"step": 10, "ctc": 200.0, "grad_norm": 50.0, "lr": 1e-4}\n'
+                                        '{"step": 20, "dev_wer": 90.0}\n{"step": 20, "ctc": 90.0, "grad_norm": 9.0}\n')
+    curves.main([str(tmp_path / "ctc.jsonl"), "--out", str(tmp_path / "ctc.png")])
+    assert (tmp_path / "ctc.png").stat().st_size > 10_000
+    with pytest.raises(SystemExit, match="no such log"):
+        curves.main([str(tmp_path / "none.jsonl")])
+
+
 def test_teacher_cache_that_would_not_fit_is_refused_before_any_work(toy_corpus, teacher, tmp_path, monkeypatch):
     """The CLI path: with less room on the cache's disk than its size (faked), distill.py stops at
     once, saying how much it needs; nothing is written. The estimate is the size made."""
