@@ -2326,10 +2326,15 @@ def test_word_errors_per_utterance_add_up_to_jiwers_wer():
     assert sum(errors) / sum(words) == pytest.approx(jiwer.wer(refs, hyps))
 
 
-def test_plot_shows_wer_against_parameters_and_cpu_time(tmp_path):
+def test_plot_shows_wer_against_parameters_and_cpu_time_and_the_claims_intervals(tmp_path):
     path = tmp_path / "demo.png"
-    results.plot(demo_result(), str(path))
+    result = demo_result()
+    results.plot(result, str(path))
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+    drawn = results.claim_intervals(result)  # every claim with an interval gets its bar
+    assert len(drawn) == sum("[" in detail for _, _, detail in result["claims"]) > 5
+    for claim, verdict, (point, low, high) in drawn:
+        assert low <= point <= high and (verdict != "holds" or not low <= 0 <= high or "cost" in claim), claim
 
 
 def test_settings_guard_refuses_to_mix_runs_of_other_sizes(tmp_path):

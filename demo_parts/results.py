@@ -11,7 +11,9 @@ claim holds when the interval lies wholly on its side of 0 (Koehn 2004; Bisani &
 """
 import os
 import platform
+import re
 import statistics
+import textwrap
 import time
 
 import jiwer
@@ -226,28 +228,56 @@ def markdown(result):
     return "\n".join(lines) + "\n"
 
 
+def claim_intervals(result):
+    """(claim, verdict, (point, low, high)) of each claim whose detail ends in "x [lo, hi]" (WER points)."""
+    out = []
+    for claim, verdict_, detail in result["claims"]:
+        found = re.findall(r"([+-]?\d+\.\d+) \[([+-]?\d+\.\d+), ([+-]?\d+\.\d+)\]", detail)
+        if found:
+            out.append((claim, verdict_, tuple(map(float, found[-1]))))
+    return out
+
+
 def plot(result, path):
-    """WER vs parameters and vs CPU time, one marker per model and label budget."""
+    """Test WER against encoder size and CPU time, each model's label budgets linked, and each
+    claim's WER difference with its 95% paired interval."""
     import matplotlib
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-    h = result["label_hours"]
+    fig = plt.figure(figsize=(13, 9.5), layout="constrained")
+    grid = fig.add_gridspec(2, 2, height_ratios=[1, 0.9])
+    axes = [fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1]), fig.add_subplot(grid[1, :])]
+    h, rows = result["label_hours"], result["rows"]
+    budgets = [(b, m) for b, m in (("low", "o"), ("high", "s")) if b in h]
+    name = lambda b: f"{60 * h[b]:.0f} min of labels" + (" (the quick run's one budget)" if len(budgets) == 1 else "")
     for ax, key, xlabel in ((axes[0], "params_M", "encoder parameters (M)"),
                             (axes[1], "time_ratio", "CPU inference time vs the teacher")):
-        for budget, marker in [(b, m) for b, m in (("low", "o"), ("high", "s")) if b in h]:
-            xs = [r[key] for r in result["rows"]]
-            ys = [r["wer"][budget] for r in result["rows"]]
-            ax.scatter(xs, ys, marker=marker, label=f"{60 * h[budget]:.0f} min labels")
-            for r, x, y in zip(result["rows"], xs, ys):
-                ax.annotate(r["name"], (x, y), textcoords="offset points", xytext=(4, 2), fontsize=7)
-        ax.set_xlabel(xlabel)
+        for k, r in enumerate(rows):
+            pts = [(r[key], r["wer"][b]) for b, _ in budgets]
+            ax.plot(*zip(*pts), color=f"C{k}", lw=0.8, alpha=0.6)
+            for (b, marker), (x, y) in zip(budgets, pts):
+                ax.scatter(x, y, color=f"C{k}", marker=marker, s=40, label=f"{r['name']}: {r['label']}"
+                           if ax is axes[0] and b == budgets[0][0] else None)
+        ax.set(xlabel=xlabel, ylabel="test WER (%), lower is better")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("test WER (%)")
-    axes[0].legend()
-    fig.suptitle(f"{result['command']} on {result['machine']}, {result['date']}", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    for b, marker in budgets:
+        axes[1].scatter([], [], color="gray", marker=marker, label=name(b))
+    axes[0].legend(fontsize=7, title="model", title_fontsize=7)
+    axes[1].legend(fontsize=7, title="linked: one model", title_fontsize=7)
+    claims_ = claim_intervals(result)
+    colors = {"holds": "C2", "does not hold": "C3"}
+    for y, (claim, verdict_, (point, low, high)) in enumerate(claims_):
+        axes[2].errorbar(point, y, xerr=[[point - low], [high - point]], fmt="o", capsize=3,
+                         color=colors.get(verdict_, "gray"))
+    axes[2].set_yticks(range(len(claims_)), [textwrap.fill(f"{c}: {v}", 70) for c, v, _ in claims_], fontsize=7)
+    axes[2].invert_yaxis()
+    axes[2].axvline(0, color="black", lw=0.8)
+    axes[2].set(xlabel="the claim's WER difference (points; as in the table's claims), 95% paired bootstrap interval",
+                title="The paper's claims: green holds, red does not hold, gray undecided")
+    axes[2].grid(alpha=0.3, axis="x")
+    fig.suptitle("Test WER of the teacher and its distilled students against their size and CPU time, and the "
+                 f"paper's claims decided\n({result['command']}, {result['machine']}, {result['date']})", fontsize=10)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     print(f"wrote {path}", flush=True)
 
