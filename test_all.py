@@ -3095,6 +3095,14 @@ def test_bench_reports_audio_seconds_per_second_and_mfu_for_fp32_and_bf16(monkey
     out = capsys.readouterr().out
     assert "matmul peak fp32" in out and "audio-s/s   MFU" in out and "time: " in out
     assert json.load(open(tmp_path / "bench.json"))["rows"][0]["setup"] == "toy"
+    if os.path.exists("/proc/self/clear_refs"):  # Linux: the process's peak, at least what torch holds
+        assert all(0.05 < r["peak_gb"] < 20 for r in rows) and "peak memory" in out
+    bench.reset_peak_memory(torch.device("cpu"))
+    before = bench.peak_memory(torch.device("cpu"))
+    big = torch.ones(64 * 2**20)  # 256 MB, touched
+    if before is not None:
+        assert bench.peak_memory(torch.device("cpu")) - before > 200e6
+    del big
 
 
 def test_bench_counts_cpu_attention_flops():

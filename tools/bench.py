@@ -1,7 +1,7 @@
 """Throughput of a distillation training step: audio-seconds per second and model FLOPs utilisation.
 
 One step is what distill.py does per batch: teacher forward (no grad), student forward and
-backward, AdamW. The setups: the toy teacher of pretrain.py -> the "tiny" student, and HuBERT
+backward, AdamW; its peak memory is measured too (GPU: tensors; Linux CPU: the process). The setups: the toy teacher of pretrain.py -> the "tiny" student, and HuBERT
 Base (12 x 768, random weights) -> FitHuBERT, the paper's main pair; each in fp32 and bf16
 autocast, on random audio. FLOPs are counted once per setup by torch.utils.flop_counter.
 FlopCounterMode (matmuls, convolutions, attention; elementwise ops count 0), and MFU = FLOPs per
@@ -17,6 +17,7 @@ repository root, as a module: it imports the project's files.
 """
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -77,9 +78,28 @@ def attention_flops():
 # One setup in one precision
 
 
+def reset_peak_memory(device):
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    elif os.path.exists("/proc/self/clear_refs"):  # Linux: "5" resets the peak resident set size
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+
+
+def peak_memory(device):
+    """Bytes since reset_peak_memory: CUDA's peak allocation by tensors; on a Linux CPU the process's
+    peak resident set (VmHWM: torch's libraries and the Python runtime included); else None."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    if os.path.exists("/proc/self/status"):
+        with open("/proc/self/status") as f:
+            return next((int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:")), None)
+    return None
+
+
 def measure(args, device, teacher, preset, precision, waves, lengths):
     """(FLOPs per step, median seconds per step, median CPU seconds of this process per step,
-    {op: share of the time}) of training steps."""
+    {op: share of the time}, peak memory bytes of a step) of training steps."""
     from torch.profiler import ProfilerActivity, profile
     from torch.utils.flop_counter import FlopCounterMode
     step_args = argparse.Namespace(**{**vars(distill_defaults()), "precision": precision,
@@ -99,10 +119,12 @@ def measure(args, device, teacher, preset, precision, waves, lengths):
     with FlopCounterMode(display=False, custom_mapping=attention_flops()) as counter:
         train_step()  # also the warm-up
     times = []
+    reset_peak_memory(device)
     for _ in range(args.steps):
         t0, c0 = time.perf_counter(), time.process_time()
         train_step()
         times.append((time.perf_counter() - t0, time.process_time() - c0))
+    peak = peak_memory(device)
     activities = [ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * (device.type == "cuda")
     with profile(activities=activities, acc_events=True) as prof:
         train_step()
@@ -110,7 +132,7 @@ def measure(args, device, teacher, preset, precision, waves, lengths):
     ops = sorted(prof.key_averages(), key=lambda e: -getattr(e, key))
     total = sum(getattr(e, key) for e in ops) or 1
     wall, cpu = (sorted(t)[len(t) // 2] for t in zip(*times))
-    return counter.get_total_flops(), wall, cpu, {e.key: getattr(e, key) / total for e in ops[:6]}
+    return counter.get_total_flops(), wall, cpu, {e.key: getattr(e, key) / total for e in ops[:6]}, peak
 
 
 def distill_defaults():
@@ -217,8 +239,9 @@ def main(args):
                 print(f"{name} {precision}: skipped, {precision} matmul runs at {peaks[precision] / 1e9:.1f} "
                       f"GFLOP/s here, fp32 at {peaks['fp32'] / 1e9:.1f}", flush=True)
                 continue
-            flops, seconds, cpu_seconds, top = measure(args, device, teacher, preset, precision, waves, lengths)
+            flops, seconds, cpu_seconds, top, peak = measure(args, device, teacher, preset, precision, waves, lengths)
             rows.append({"setup": name, "precision": precision, "gflop": flops / 1e9, "seconds": seconds,
+                         "peak_gb": peak / 1e9 if peak else None,
                          "audio_s_per_s": args.batch * args.seconds / seconds, "top_ops": top,
                          "cpu_share": cpu_seconds / seconds / torch.get_num_threads()})
             print(f"{name} {precision}: {flops / 1e9:.1f} GFLOP/step, {seconds:.3f} s/step", flush=True)
@@ -237,6 +260,8 @@ def main(args):
               f"{r['audio_s_per_s']:8.1f} audio-s/s   MFU {100 * r['mfu']:5.1f}% of the fp32 peak"
               + (f", {100 * r['mfu_own_peak']:.1f}% of bf16's" if r["precision"] == "bf16" else "")
               + (f"; CPU share {100 * r['cpu_share']:.0f}%" if device.type == "cpu" else "")
+              + (f"; peak memory {r['peak_gb']:.2f} GB" + (" (process)" if device.type == "cpu" else "")
+                 if r["peak_gb"] else "")
               + "\n    time: " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in r["top_ops"].items()), flush=True)
     if args.json:
         with open(args.json, "w") as f:
