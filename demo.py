@@ -194,6 +194,8 @@ def parse_args(argv=None):
     g.add_argument("--make-teacher", action="store_true",
                    help=f"re-create {SHIPPED_TEACHER} and its record (make teacher) instead of running the demo")
     g.add_argument("--timing-runs", type=int, default=5, help="timed forward passes per model (median)")
+    g.add_argument("--device", default="cpu", help="where the stages train: cpu (the table's numbers), cuda, "
+                   "auto (CUDA, then Apple's MPS, then the CPU); CPU time and test WER are measured on the CPU")
     g.add_argument("--seed-spread", action="store_true",
                    help=f"also fine-tune {', '.join(SPREAD_ROWS)} at the low budget with CTC seeds "
                         f"{', '.join(map(str, SPREAD_SEEDS))} and report how far their test WERs spread "
@@ -243,12 +245,12 @@ def audio_seconds(s: Sizing, steps):
     return steps * s.batch_seconds * REAL_AUDIO_SHARE
 
 
-def distill_stage(runs, s: Sizing, name, label, preset, extra=None, teacher=SHIPPED_TEACHER):
+def distill_stage(runs, s: Sizing, name, label, preset, extra=None, teacher=SHIPPED_TEACHER, device="cpu"):
     """distill.py for one student into RUNS/students/NAME: the demo's toy flags, then `extra` (a
     row's, or the study's). Every student reads the teacher's states from one cache."""
     fbank = model.PRESETS[preset].config.get("frontend") == "fbank"
     flags = dict(max_steps=s.distill_steps, batch_seconds=s.batch_seconds,
-                 log_every=log_every(s.distill_steps), seed=0, **DISTILL,
+                 log_every=log_every(s.distill_steps), seed=0, device=device, **DISTILL,
                  **FRONTEND_IN_DISTILL["fbank" if fbank else "cnn"])
     if fbank:
         flags.update(frontend_steps=s.frontend_steps, max_steps=s.frontend_steps + s.distill_steps)
@@ -264,12 +266,12 @@ def distill_stage(runs, s: Sizing, name, label, preset, extra=None, teacher=SHIP
 
 
 def ctc_stage(runs, s: Sizing, name, label, init, budget, regularisation, steps, train_hours=None, fbank=False,
-              extra=None):
+              extra=None, device="cpu"):
     """finetune.py of one model at one label budget into RUNS/ctc/NAME-BUDGET: the demo's toy flags,
     the budget's regularisers (REGULARISATION key), then `extra`. train_hours: the labelled subset."""
     corpus, out = f"{runs}/corpus", f"{runs}/ctc/{name}-{budget}"
     flags = dict(max_steps=steps, freeze_steps=s.freeze_steps, batch_seconds=s.batch_seconds,
-                 eval_every=s.eval_every, log_every=log_every(steps), seed=0, **FINETUNE,
+                 eval_every=s.eval_every, log_every=log_every(steps), seed=0, device=device, **FINETUNE,
                  **REGULARISATION[regularisation], **FRONTEND_IN_CTC["fbank" if fbank else "cnn"])
     if train_hours is not None:
         flags.update(max_train_hours=train_hours)
@@ -294,13 +296,14 @@ def settings_of(s: Sizing):
             "regularisation": REGULARISATION, "frontend": {"distill": FRONTEND_IN_DISTILL, "ctc": FRONTEND_IN_CTC}}
 
 
-def plan(runs, s: Sizing, teacher=SHIPPED_TEACHER, spread=False):
+def plan(runs, s: Sizing, teacher=SHIPPED_TEACHER, spread=False, device="cpu"):
     """The stages of a run, in the order they start: the teacher's fine-tuning runs (the longest
     ones) start first, so that the runs left at the end are short. The from-scratch row gets as
     many CTC steps as a distilled student gets distillation + CTC steps, so that its row isolates
     what distillation adds, not what more updates add."""
     stages = [corpus_stage(runs, s)]
-    stages += [distill_stage(runs, s, row.name, row.label, row.preset, row.flags, teacher) for row in rows_of(s)[1:]]
+    stages += [distill_stage(runs, s, row.name, row.label, row.preset, row.flags, teacher, device)
+               for row in rows_of(s)[1:]]
     ctc = []
     for budget in s.budgets:
         for row in rows_of(s):
@@ -308,7 +311,7 @@ def plan(runs, s: Sizing, teacher=SHIPPED_TEACHER, spread=False):
             steps = s.low_finetune_steps if budget == "low" else s.finetune_steps
             steps += s.distill_steps if row.name == "scratch" else 0
             ctc.append(ctc_stage(runs, s, row.name, row.label, init, budget, budget, steps,
-                                 s.low_hours if budget == "low" else None, row.fbank))
+                                 s.low_hours if budget == "low" else None, row.fbank, device=device))
     for row in [r for r in rows_of(s) if spread and r.name in SPREAD_ROWS and "low" in s.budgets]:
         first = next(st for st in ctc if st.out_dir == f"{runs}/ctc/{row.name}-low")
         for seed in SPREAD_SEEDS:
@@ -447,7 +450,7 @@ def main(args):
     record = check_teacher()
     runs, s = args.runs or os.path.join("runs", name), sizing_for(args)
     check_settings(runs, settings_of(s))
-    stages = plan(runs, s, spread=args.seed_spread)
+    stages = plan(runs, s, spread=args.seed_spread, device=args.device)
     times = run_stages(stages, runs, start, args.jobs)
 
     print(f"\n[results] test WER and CPU time | elapsed {format_duration(time.time() - start)}", flush=True)

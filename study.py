@@ -148,21 +148,22 @@ def models(parts, lengths=LENGTHS):
     return out
 
 
-def plan(runs, parts, lengths=LENGTHS):
+def plan(runs, parts, lengths=LENGTHS, device="cpu"):
     """Corpus, distillations, CTC runs (longest first) and test decodes of the study's models."""
     s, stages, ctc, evals = SIZING, [demo.corpus_stage(runs, SIZING)], [], []
     for m in models(parts, lengths).values():
         name = folder(m.name)
         if m.preset:
-            stages.append(demo.distill_stage(runs, s, name, m.label, m.preset, m.distill))
+            stages.append(demo.distill_stage(runs, s, name, m.label, m.preset, m.distill, device=device))
         init = demo.SHIPPED_TEACHER if m.preset is None else f"{runs}/students/{name}/student.pt"
         for minutes in sorted(m.budgets):
             b = BUDGETS[minutes]
             st = demo.ctc_stage(runs, s, name, m.label, init, b.folder, b.regularisation, b.steps, b.hours,
-                                extra=m.ctc)
+                                extra=m.ctc, device=device)
             ctc.append(st)
             evals.append(Stage(f"test WER: {st.title}", f"eval {name}-{b.folder}",
-                               command("finetune.py", eval=f"{st.out_dir}/best.pt", data=f"{runs}/corpus/test"),
+                               command("finetune.py", eval=f"{st.out_dir}/best.pt", data=f"{runs}/corpus/test",
+                                       device=device),
                                f"{st.out_dir}/best.test.hyp.txt", seconds=30, needs=(st.done,)))
     return stages + sorted(ctc, key=lambda st: -st.seconds) + evals
 
@@ -337,6 +338,7 @@ def parse_args(argv=None):
     p.add_argument("--results", default="results", help="folder for study.json and study.md")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="stages run side by side")
     p.add_argument("--report", action="store_true", help="only write the results of the stages done so far")
+    p.add_argument("--device", default="cpu", help="where the stages run: cpu, cuda (a lent GPU), auto")
     args = p.parse_args(argv)
     args.parts = "".join(sorted(set(args.parts.replace(",", ""))))
     if not args.parts or set(args.parts) - set(PARTS):
@@ -347,11 +349,11 @@ def parse_args(argv=None):
 def main(args):
     demo.check_teacher()
     lengths = LENGTHS
-    stages = plan(args.runs, args.parts, lengths)
+    stages = plan(args.runs, args.parts, lengths, args.device)
     if forecast(stages, args.jobs) > FORECAST_LIMIT and "c" in args.parts:
         lengths = LENGTHS[:-1]
         print(f"study: over {FORECAST_LIMIT // 3600} h forecast; part c's {LENGTHS[-1]} steps are cut", flush=True)
-        stages = plan(args.runs, args.parts, lengths)
+        stages = plan(args.runs, args.parts, lengths, args.device)
     known = models(args.parts, lengths)
     print(f"study: parts {','.join(args.parts)}, {len(stages)} stages, forecast "
           f"{format_duration(forecast(stages, args.jobs))} on {args.jobs} cores", flush=True)

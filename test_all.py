@@ -2613,6 +2613,9 @@ def test_study_plan_runs_every_part_through_the_clis_within_its_forecast():
     assert "--keep-layers 2" in argv["ctc teacher-2-high"] and "--student-init cnn" in argv["distill sw-random-800"]
     assert "--max-steps 12800" in argv["distill dt-12800"] and "--disc-weight 0.5 " in argv["distill dt-disc0.5-800-seed2"]
     assert "--max-train-hours 0.05" in argv["ctc dt-3min"] and "--seed 1" in argv["distill dt-800-seed1"]
+    on_gpu = study.plan("runs/s", "b", device="cuda") + demo.plan("runs/s", demo.SIZINGS["full"], device="cuda")
+    assert all(st.argv[st.argv.index("--device") + 1] == "cuda" for st in on_gpu if st.argv[0] != "data.py")
+    assert study.parse_args([]).device == demo.parse_args([]).device == "cpu"  # the tables' numbers: CPU
     # the stages in the demo's folders are the demo's: the same parsed arguments, run once for both
     ours = {st.done: st for st in stages}
     shared = [st for st in demo.plan("runs/s", demo.SIZINGS["full"]) if st.done in ours]
