@@ -28,9 +28,9 @@ demo: $(VENV)/.installed
 
 # make study: the claims study (study.py; ~4.5 h on 2 CPU cores, ~4 h after make demo, whose runs/demo
 # it shares; resumable: run it again to go on;
-# PARTS=a,b for some parts); results in results/study.{json,md}.
+# PARTS=a,b for some parts; DEVICE=cuda on a GPU); results in results/study.{json,md,png}.
 study: $(VENV)/.installed
-	$(PY) study.py $(if $(PARTS),--parts $(PARTS))
+	$(PY) study.py $(if $(PARTS),--parts $(PARTS)) $(if $(DEVICE),--device $(DEVICE))
 
 # make teacher: re-create the shipped toy teacher (teacher/toy-teacher.pt, its RECORD.md and
 # pretrain-log.jsonl) from scratch: its own 5 h corpus, then 3000 pre-training steps (~65 min on
