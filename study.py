@@ -285,7 +285,7 @@ def plot(result, path):
     w, logs = result["wers"], result["distillation"]
     fig, ax = plt.subplots(1, 4, figsize=(18, 4))
     series = lambda names_x, minutes: [(x, w[n][minutes]) for n, x in names_x if minutes in w.get(n, {})]
-    line = lambda a, pts, **kw: pts and a.plot(*zip(*pts), marker="o", **kw)
+    line = lambda a, pts, **kw: pts and a.plot(*zip(*pts), **{"marker": "o", **kw})
     line(ax[0], series([(f"teacher-{n}", n) for n in (2, 4, 8, 12)], 61), label="a: teacher, first N layers")
     line(ax[0], series([(f"dt-l{n}-{STRUCTURE_STEPS}" if n < 12 else f"dt-{STRUCTURE_STEPS}", n)
                         for n in STRUCTURE_LAYERS], 61), label=f"d: student at D&T's size, {STRUCTURE_STEPS} steps")
@@ -294,7 +294,9 @@ def plot(result, path):
         line(ax[1], series([("sw-0", 0)] + [(f"sw-{n}", n) for n in LENGTHS], minutes), ls=style, color="C0",
              label=f"S&W, {minutes} min")
         line(ax[1], series([(f"dt-{n}", n) for n in LENGTHS], minutes), ls=style, color="C1", label=f"D&T, {minutes} min")
-    ax[1].set(xlabel="distillation steps", xscale="symlog", title="c: distillation length")
+        line(ax[1], series([("sw-random-800", 800)], minutes), ls="", marker="x", color="C2",
+             label=f"S&W shape, random transformer (b), {minutes} min")
+    ax[1].set(xlabel="distillation steps", xscale="symlog", title="b, c: distillation length and controls")
     for i, n in enumerate(LENGTHS):
         for name, color in ((f"sw-{n}", "C0"), (f"dt-{n}", "C1")):
             cos = logs.get(name, {}).get("cos_layers")
@@ -314,6 +316,8 @@ def plot(result, path):
         line(ax[3], sorted(w.get(f"dt-disc{wt}-800-seed0", {}).items()), ls=":", color=color,
              label=f"D&T + disc {wt}, seed 0")
     ax[3].set(xlabel="minutes of labels", xscale="log", title="e: the discriminative loss")
+    ax[3].set_xticks(minutes, [str(m) for m in minutes])
+    ax[3].minorticks_off()
     for a in ax:
         a.grid(alpha=0.3)
         if a.get_legend_handles_labels()[0]:
