@@ -115,7 +115,8 @@ def check_room(path, config, utterances):
     together in memory, then written)."""
     need, hours = cache_bytes(config, utterances), sum(u.num_samples for u in utterances) / data.SAMPLE_RATE / 3600
     free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
-    memory = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else None
+    memory = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") \
+        if "SC_AVPHYS_PAGES" in getattr(os, "sysconf_names", {}) else None  # Linux; not macOS, Windows
     for room, where in ((free, "free on its disk"), (memory, "of free memory, where it is put together")):
         if room is not None and need > room:
             raise ValueError(f"--teacher-cache {path} needs ~{need / 1e9:.1f} GB ({hours:.1f} h of audio x "
