@@ -1584,14 +1584,14 @@ def test_training_curves_of_a_distillation_and_a_fine_tuning_log(toy_corpus, tea
     log = tmp_path / "d" / "log.jsonl"
     rows = curves.read_log(str(log))
     assert curves.series(rows, "disc")[0] == (1, 2) and curves.series(rows, "unit_reg")[0] == (1, 2)
-    curves.main([str(log)])
+    curves.main(curves.parse_args([str(log)]))
     assert (tmp_path / "d" / "curves.png").stat().st_size > 10_000 and "curves.png" in capsys.readouterr().out
     (tmp_path / "ctc.jsonl").write_text('{"step": 10, "ctc": 200.0, "grad_norm": 50.0, "lr": 1e-4}\n'
                                         '{"step": 20, "dev_wer": 90.0}\n{"step": 20, "ctc": 90.0, "grad_norm": 9.0}\n')
-    curves.main([str(tmp_path / "ctc.jsonl"), "--out", str(tmp_path / "ctc.png")])
+    curves.main(curves.parse_args([str(tmp_path / "ctc.jsonl"), "--out", str(tmp_path / "ctc.png")]))
     assert (tmp_path / "ctc.png").stat().st_size > 10_000
     with pytest.raises(SystemExit, match="no such log"):
-        curves.main([str(tmp_path / "none.jsonl")])
+        curves.main(curves.parse_args([str(tmp_path / "none.jsonl")]))
 
 
 def test_teacher_cache_that_would_not_fit_is_refused_before_any_work(toy_corpus, teacher, tmp_path, monkeypatch):
@@ -2177,6 +2177,46 @@ def test_pretrain_distill_finetune_eval_transcribe_chain_through_the_clis(toy_co
     files = sorted(str(p) for p in (toy_corpus / "test").rglob("*.flac"))[:2]
     out = run("finetune.py", "--transcribe", f"{tmp_path}/ctc/best.pt", *files, "--device", "cpu")
     assert [line.split("\t")[0] for line in out.splitlines()] == files
+
+
+def documented_commands(name):
+    """Each `python SCRIPT ...` of a markdown file's bash blocks as (script, argv): continuation
+    lines joined, comments dropped, shell variables set in earlier lines expanded, `&&` chains split."""
+    import shlex
+    text = open(os.path.join(HERE, name)).read()
+    env, out = {}, []
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = re.sub(r"\$(\w+)", lambda m: env.get(m.group(1), m.group(0)), line)
+            words = shlex.split(line, comments=True)
+            if len(words) == 1 and re.fullmatch(r"[A-Z_]+=.*", words[0]):
+                key, value = words[0].split("=", 1)
+                env[key] = value
+            while words:
+                cut = words.index("&&") if "&&" in words else len(words)
+                cmd, words = words[:cut], words[cut + 1:]
+                scripts = [i for i, w in enumerate(cmd) if w.endswith(".py") or w.startswith("tools.")]
+                if cmd and cmd[0] in ("python", "torchrun") and scripts and not any("<" in w for w in cmd):
+                    out.append((cmd[scripts[0]], cmd[scripts[0] + 1:]))
+    return out
+
+
+@pytest.mark.parametrize("name", ["README.md", "EXERCISES.md"])
+def test_documented_commands_parse_with_their_scripts_flags(name):
+    """Every command a reader copies from the README or the exercises is accepted by the script's
+    own parser: a renamed or removed flag fails here, not in a reader's shell."""
+    import tools.curves as curves
+    parsers = {"data.py": data.parse_args, "pretrain.py": pretrain.parse_args, "distill.py": distill.parse_args,
+               "finetune.py": finetune.parse_args, "demo.py": demo.parse_args, "study.py": study.parse_args,
+               "tools.bench": bench.parse_args, "tools.curves": curves.parse_args}
+    commands = documented_commands(name)
+    assert len(commands) >= 8
+    for script, argv in commands:
+        parse = bench.parse_fbank_args if argv[:1] == ["fbank"] else parsers[script]
+        try:
+            parse(argv[1:] if argv[:1] == ["fbank"] else argv)
+        except SystemExit as e:
+            pytest.fail(f"{name}: python {script} {' '.join(argv)}: the parser refused it ({e})")
 
 
 def test_readme_reading_path_names_definitions_of_the_files_it_names():

@@ -65,16 +65,19 @@ def plot(rows, out, title):
     plt.close(fig)
 
 
-def main(argv=None):
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("log", help="a run's log.jsonl")
     p.add_argument("--out", help="PNG to write (default: curves.png beside the log)")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(args):
     out = args.out or os.path.join(os.path.dirname(args.log), "curves.png")
     plot(read_log(args.log), out, f"{args.log}: training curves")
     print(f"wrote {out}")
 
 
 if __name__ == "__main__":
-    main()
+    main(parse_args())
