@@ -2212,9 +2212,9 @@ def test_documented_commands_parse_with_their_scripts_flags(name):
     commands = documented_commands(name)
     assert len(commands) >= 8
     for script, argv in commands:
-        parse = bench.parse_fbank_args if argv[:1] == ["fbank"] else parsers[script]
+        parse, args = (bench.parse_fbank_args, argv[1:]) if argv[:1] == ["fbank"] else (parsers[script], argv)
         try:
-            parse(argv[1:] if argv[:1] == ["fbank"] else argv)
+            parse(args)
         except SystemExit as e:
             pytest.fail(f"{name}: python {script} {' '.join(argv)}: the parser refused it ({e})")
 
