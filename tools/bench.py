@@ -270,8 +270,11 @@ def main(args):
     return rows
 
 
+def command(argv):
+    """(what to run, its parsed arguments) for `python -m tools.bench [fbank] ...`."""
+    return (fbank_bench, parse_fbank_args(argv[1:])) if argv[:1] == ["fbank"] else (main, parse_args(argv))
+
+
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["fbank"]:
-        fbank_bench(parse_fbank_args(sys.argv[2:]))
-    else:
-        main(parse_args())
+    run, args = command(sys.argv[1:])
+    run(args)
